@@ -1,0 +1,1 @@
+//! The notification listener (owned by the callback work).

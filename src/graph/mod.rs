@@ -1,0 +1,1 @@
+//! Token source and Graph client (owned by the Graph work).

@@ -1,0 +1,1 @@
+//! The durable ledger of runs and attempts (owned by the ledger work).

@@ -1,0 +1,1 @@
+//! Run times from `at` / `cron` schedules (owned by the schedule work).

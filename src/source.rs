@@ -1,0 +1,1 @@
+//! Watching the calls directory (owned by the source work).

@@ -1,0 +1,3 @@
+//! YAML call specs: parse, validate, render.
+
+pub mod files;

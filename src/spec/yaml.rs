@@ -1,0 +1,252 @@
+//! The one place calld reads YAML spec documents: into a positioned generic
+//! tree ([`Node`]), every value carrying the line and column it came from.
+//!
+//! serde-saphyr parses with a resource budget (alias bombs, nesting depth,
+//! node counts) so hostile input fails fast with a located error instead of
+//! exhausting memory or stack.
+
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_saphyr::Spanned;
+use std::fmt;
+
+/// A position in a file, 1-based; `0:0` when unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Pos {
+    pub line: u64,
+    pub column: u64,
+}
+
+/// A YAML value with its position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    pub pos: Pos,
+    pub value: Value,
+}
+
+/// YAML values as calld sees them. Mappings keep their key order and the
+/// position of each key.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    String(String),
+    Seq(Vec<Node>),
+    Map(Vec<(Key, Node)>),
+}
+
+/// A mapping key with its position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Key {
+    pub pos: Pos,
+    pub name: String,
+}
+
+impl Value {
+    /// A word for the type, for "expected a string, found a list".
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Value::Null => "null",
+            Value::Bool(_) => "a boolean",
+            Value::Int(_) | Value::Float(_) => "a number",
+            Value::String(_) => "a string",
+            Value::Seq(_) => "a list",
+            Value::Map(_) => "a mapping",
+        }
+    }
+
+    /// This value as JSON, for pass-through parts (identities, `graph:`).
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Value::Null => serde_json::Value::Null,
+            Value::Bool(b) => (*b).into(),
+            Value::Int(i) => (*i).into(),
+            Value::Float(f) => serde_json::Number::from_f64(*f)
+                .map(serde_json::Value::Number)
+                .unwrap_or(serde_json::Value::Null),
+            Value::String(s) => s.clone().into(),
+            Value::Seq(items) => items.iter().map(|n| n.value.to_json()).collect(),
+            Value::Map(entries) => serde_json::Value::Object(
+                entries.iter().map(|(k, v)| (k.name.clone(), v.value.to_json())).collect(),
+            ),
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // Iterative drop: a deeply nested tree must not overflow the stack.
+        let mut stack = Vec::new();
+        match &mut self.value {
+            Value::Seq(items) => stack.append(items),
+            Value::Map(entries) => stack.extend(entries.drain(..).map(|(_, v)| v)),
+            _ => return,
+        }
+        while let Some(mut node) = stack.pop() {
+            match &mut node.value {
+                Value::Seq(items) => stack.append(items),
+                Value::Map(entries) => stack.extend(entries.drain(..).map(|(_, v)| v)),
+                _ => {}
+            }
+        }
+    }
+}
+
+fn pos_of<T>(s: &Spanned<T>) -> Pos {
+    Pos { line: s.referenced.line(), column: s.referenced.column() }
+}
+
+struct ValueVisitor;
+
+impl<'de> Visitor<'de> for ValueVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a YAML value")
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(ValueVisitor)
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Int(v))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
+        i64::try_from(v).map(Value::Int).or(Ok(Value::Float(v as f64)))
+    }
+    fn visit_i128<E: de::Error>(self, v: i128) -> Result<Value, E> {
+        i64::try_from(v).map(Value::Int).or(Ok(Value::Float(v as f64)))
+    }
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<Value, E> {
+        i64::try_from(v).map(Value::Int).or(Ok(Value::Float(v as f64)))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::Float(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_bytes<E: de::Error>(self, _v: &[u8]) -> Result<Value, E> {
+        Err(E::custom("binary values are not supported in call specs"))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element::<Spanned<NodeValue>>()? {
+            let pos = pos_of(&item);
+            items.push(Node { pos, value: item.value.0 });
+        }
+        Ok(Value::Seq(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut entries: Vec<(Key, Node)> = Vec::new();
+        while let Some(key) = map.next_key::<Spanned<KeyValue>>()? {
+            let key_pos = pos_of(&key);
+            let value = map.next_value::<Spanned<NodeValue>>()?;
+            let pos = pos_of(&value);
+            entries.push((Key { pos: key_pos, name: key.value.0 }, Node { pos, value: value.value.0 }));
+        }
+        Ok(Value::Map(entries))
+    }
+}
+
+/// Deserialize helper: a [`Value`] (the position comes from `Spanned`).
+struct NodeValue(Value);
+
+impl<'de> Deserialize<'de> for NodeValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ValueVisitor).map(NodeValue)
+    }
+}
+
+/// Deserialize helper: a mapping key, which must be a scalar.
+struct KeyValue(String);
+
+impl<'de> Deserialize<'de> for KeyValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match d.deserialize_any(ValueVisitor)? {
+            Value::String(s) => Ok(KeyValue(s)),
+            Value::Int(i) => Ok(KeyValue(i.to_string())),
+            Value::Bool(b) => Ok(KeyValue(b.to_string())),
+            Value::Float(f) => Ok(KeyValue(f.to_string())),
+            Value::Null => Ok(KeyValue("null".into())),
+            other => Err(de::Error::custom(format!(
+                "a mapping key must be a plain word, not {}",
+                other.kind()
+            ))),
+        }
+    }
+}
+
+/// One YAML document, or the error that stopped parsing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct YamlError {
+    pub pos: Pos,
+    pub message: String,
+}
+
+/// The parse budget: generous for call specs, tight against hostile input.
+fn options() -> serde_saphyr::Options {
+    let budget = serde_saphyr::Budget {
+        max_depth: 64,
+        max_aliases: 1_000,
+        max_anchors: 1_000,
+        max_nodes: 100_000,
+        max_documents: 1_000,
+        ..serde_saphyr::Budget::default()
+    };
+    serde_saphyr::Options {
+        budget: Some(budget),
+        duplicate_keys: serde_saphyr::DuplicateKeyPolicy::Error,
+        ..serde_saphyr::Options::default()
+    }
+}
+
+/// Parses every document of a file into positioned trees. An empty document
+/// is `None`.
+pub fn parse_documents(text: &str) -> Result<Vec<Option<Node>>, YamlError> {
+    let docs: Vec<Option<Spanned<NodeValue>>> =
+        serde_saphyr::from_multiple_with_options(text, options()).map_err(|e| {
+            let pos = e
+                .location()
+                .map(|l| Pos { line: l.line(), column: l.column() })
+                .unwrap_or_default();
+            YamlError { pos, message: clean_message(&e) }
+        })?;
+    Ok(docs
+        .into_iter()
+        .map(|d| {
+            d.and_then(|s| {
+                let pos = pos_of(&s);
+                match s.value.0 {
+                    Value::Null => None,
+                    value => Some(Node { pos, value }),
+                }
+            })
+        })
+        .collect())
+}
+
+/// serde-saphyr's message without its rendered snippet (calld prints its
+/// own `file:line:col:` prefix).
+fn clean_message(e: &serde_saphyr::Error) -> String {
+    let full = e.to_string();
+    let first = full.lines().next().unwrap_or("").trim();
+    // drop a trailing " at line X column Y" the library may add
+    let msg = match first.find(" at line ") {
+        Some(i) => &first[..i],
+        None => first,
+    };
+    if msg.is_empty() { "invalid YAML".to_string() } else { msg.to_string() }
+}
