@@ -1,1 +1,0 @@
-//! Run times from `at` / `cron` schedules (owned by the schedule work).
