@@ -428,6 +428,20 @@ impl Config {
             .map_err(|e| e.to_string())
     }
 
+    /// The callbackUri of specs that set none: `callback.publicUrl`, else in
+    /// sandbox mode the local listener (`http://127.0.0.1:PORT/api/calls`,
+    /// PORT from `callback.listen`); in live mode there is no default.
+    pub fn effective_public_url(&self) -> Option<String> {
+        if let Some(url) = &self.callback.public_url {
+            return Some(url.clone());
+        }
+        if self.graph.effective_mode() == GraphMode::Sandbox {
+            let port = self.callback.listen.rsplit(':').next().unwrap_or("8443");
+            return Some(format!("http://127.0.0.1:{port}/api/calls"));
+        }
+        None
+    }
+
     pub fn calls_dir(&self) -> PathBuf {
         self.calls_dir
             .clone()

@@ -12,6 +12,7 @@
 //! - [`schedule`]: `at` / `cron` / time zones / deadline / jitter → run times.
 //! - [`duration`]: the `90s`, `5m`, `1h30m`, `2d` duration syntax.
 //! - [`config`]: the configuration file (SPEC 3).
+//! - [`plan`]: what `calld plan` shows per spec.
 //!
 //! I/O at the edges:
 //! - [`graph`]: token source and Graph client (create, hang up, keepAlive, retries).
@@ -28,6 +29,7 @@ pub mod duration;
 pub mod emulator;
 pub mod graph;
 pub mod ledger;
+pub mod plan;
 pub mod schedule;
 pub mod source;
 pub mod spec;

@@ -21,6 +21,18 @@ struct Cli {
 enum Format {
     Text,
     Json,
+    /// GitHub Actions annotations (`::error file=...,line=...,col=...::message`)
+    Github,
+}
+
+impl From<Format> for calld::cli::Format {
+    fn from(f: Format) -> Self {
+        match f {
+            Format::Text => calld::cli::Format::Text,
+            Format::Json => calld::cli::Format::Json,
+            Format::Github => calld::cli::Format::Github,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -77,7 +89,7 @@ fn main() -> ExitCode {
             paths,
             config,
             format,
-        } => calld::cli::check(&paths, config.as_deref(), matches!(format, Format::Json)),
+        } => calld::cli::check(&paths, config.as_deref(), format.into()),
         Command::Render {
             path,
             name,
@@ -95,7 +107,7 @@ fn main() -> ExitCode {
             config.as_deref(),
             count,
             from.as_deref(),
-            matches!(format, Format::Json),
+            format.into(),
         ),
         Command::Emulator { listen, config } => calld::cli::emulator(&listen, config.as_deref()),
         Command::Schema => calld::cli::schema(),

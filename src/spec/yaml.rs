@@ -25,8 +25,9 @@ pub struct Node {
 
 /// YAML values as calld sees them. Mappings keep their key order and the
 /// position of each key.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub enum Value {
+    #[default]
     Null,
     Bool(bool),
     Int(i64),
@@ -68,7 +69,10 @@ impl Value {
             Value::String(s) => s.clone().into(),
             Value::Seq(items) => items.iter().map(|n| n.value.to_json()).collect(),
             Value::Map(entries) => serde_json::Value::Object(
-                entries.iter().map(|(k, v)| (k.name.clone(), v.value.to_json())).collect(),
+                entries
+                    .iter()
+                    .map(|(k, v)| (k.name.clone(), v.value.to_json()))
+                    .collect(),
             ),
         }
     }
@@ -94,7 +98,10 @@ impl Drop for Node {
 }
 
 fn pos_of<T>(s: &Spanned<T>) -> Pos {
-    Pos { line: s.referenced.line(), column: s.referenced.column() }
+    Pos {
+        line: s.referenced.line(),
+        column: s.referenced.column(),
+    }
 }
 
 struct ValueVisitor;
@@ -121,13 +128,19 @@ impl<'de> Visitor<'de> for ValueVisitor {
         Ok(Value::Int(v))
     }
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
-        i64::try_from(v).map(Value::Int).or(Ok(Value::Float(v as f64)))
+        i64::try_from(v)
+            .map(Value::Int)
+            .or(Ok(Value::Float(v as f64)))
     }
     fn visit_i128<E: de::Error>(self, v: i128) -> Result<Value, E> {
-        i64::try_from(v).map(Value::Int).or(Ok(Value::Float(v as f64)))
+        i64::try_from(v)
+            .map(Value::Int)
+            .or(Ok(Value::Float(v as f64)))
     }
     fn visit_u128<E: de::Error>(self, v: u128) -> Result<Value, E> {
-        i64::try_from(v).map(Value::Int).or(Ok(Value::Float(v as f64)))
+        i64::try_from(v)
+            .map(Value::Int)
+            .or(Ok(Value::Float(v as f64)))
     }
     fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
         Ok(Value::Float(v))
@@ -145,7 +158,10 @@ impl<'de> Visitor<'de> for ValueVisitor {
         let mut items = Vec::new();
         while let Some(item) = seq.next_element::<Spanned<NodeValue>>()? {
             let pos = pos_of(&item);
-            items.push(Node { pos, value: item.value.0 });
+            items.push(Node {
+                pos,
+                value: item.value.0,
+            });
         }
         Ok(Value::Seq(items))
     }
@@ -155,7 +171,16 @@ impl<'de> Visitor<'de> for ValueVisitor {
             let key_pos = pos_of(&key);
             let value = map.next_value::<Spanned<NodeValue>>()?;
             let pos = pos_of(&value);
-            entries.push((Key { pos: key_pos, name: key.value.0 }, Node { pos, value: value.value.0 }));
+            entries.push((
+                Key {
+                    pos: key_pos,
+                    name: key.value.0,
+                },
+                Node {
+                    pos,
+                    value: value.value.0,
+                },
+            ));
         }
         Ok(Value::Map(entries))
     }
@@ -198,19 +223,17 @@ pub struct YamlError {
 
 /// The parse budget: generous for call specs, tight against hostile input.
 fn options() -> serde_saphyr::Options {
-    let budget = serde_saphyr::Budget {
-        max_depth: 64,
-        max_aliases: 1_000,
-        max_anchors: 1_000,
-        max_nodes: 100_000,
-        max_documents: 1_000,
-        ..serde_saphyr::Budget::default()
-    };
-    serde_saphyr::Options {
-        budget: Some(budget),
-        duplicate_keys: serde_saphyr::DuplicateKeyPolicy::Error,
-        ..serde_saphyr::Options::default()
-    }
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_depth = 24;
+    budget.flow_nesting_limit = 24;
+    budget.max_aliases = 1_000;
+    budget.max_anchors = 1_000;
+    budget.max_nodes = 100_000;
+    budget.max_documents = 1_000;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::Error;
+    options
 }
 
 /// Parses every document of a file into positioned trees. An empty document
@@ -220,9 +243,15 @@ pub fn parse_documents(text: &str) -> Result<Vec<Option<Node>>, YamlError> {
         serde_saphyr::from_multiple_with_options(text, options()).map_err(|e| {
             let pos = e
                 .location()
-                .map(|l| Pos { line: l.line(), column: l.column() })
+                .map(|l| Pos {
+                    line: l.line(),
+                    column: l.column(),
+                })
                 .unwrap_or_default();
-            YamlError { pos, message: clean_message(&e) }
+            YamlError {
+                pos,
+                message: clean_message(&e),
+            }
         })?;
     Ok(docs
         .into_iter()
@@ -248,5 +277,69 @@ fn clean_message(e: &serde_saphyr::Error) -> String {
         Some(i) => &first[..i],
         None => first,
     };
-    if msg.is_empty() { "invalid YAML".to_string() } else { msg.to_string() }
+    if msg.is_empty() {
+        "invalid YAML".to_string()
+    } else {
+        msg.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_of_nested_values_and_keys() {
+        let docs =
+            parse_documents("a: 1\nb:\n  - x\n  - { c: null }\n---\n---\nname: z\n").unwrap();
+        // the empty document between the two `---` is dropped
+        assert_eq!(docs.len(), 2, "{docs:#?}");
+        let d0 = docs[0].as_ref().unwrap();
+        let Value::Map(entries) = &d0.value else {
+            panic!()
+        };
+        assert_eq!(entries[0].0.name, "a");
+        assert_eq!(entries[0].0.pos, Pos { line: 1, column: 1 });
+        assert_eq!(entries[0].1.pos, Pos { line: 1, column: 4 });
+        let Value::Seq(items) = &entries[1].1.value else {
+            panic!()
+        };
+        assert_eq!(items[1].pos.line, 4);
+        let Value::Map(inner) = &items[1].value else {
+            panic!()
+        };
+        assert_eq!(inner[0].1.value, Value::Null);
+        assert_eq!(inner[0].0.pos, Pos { line: 4, column: 7 });
+        assert_eq!(docs[1].as_ref().unwrap().pos.line, 7);
+    }
+
+    #[test]
+    fn errors_are_located() {
+        let e = parse_documents("a: 1\nb: [1, 2\n").unwrap_err();
+        assert!(e.pos.line >= 2, "{e:?}");
+        let e = parse_documents("a: 1\na: 2\n").unwrap_err();
+        assert_eq!(e.pos.line, 2, "{e:?}");
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_without_overflow() {
+        let text = "[".repeat(10_000) + &"]".repeat(10_000);
+        let e = parse_documents(&text).unwrap_err();
+        assert!(!e.message.is_empty());
+        let text = "a:\n".to_string()
+            + &(1..5000)
+                .map(|i| format!("{}b:\n", " ".repeat(i)))
+                .collect::<String>();
+        assert!(parse_documents(&text).is_err());
+    }
+
+    #[test]
+    fn alias_bomb_is_refused() {
+        let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..10 {
+            let prev = format!("*a{}", i - 1);
+            text.push_str(&format!("a{i}: &a{i} [{}]\n", vec![prev; 10].join(", ")));
+        }
+        assert!(parse_documents(&text).is_err());
+    }
 }
