@@ -932,7 +932,7 @@ fn reopening_turns_requesting_runs_into_unknown() {
         assert!(l.recovered().is_empty());
     }
     let l = SqliteLedger::open_in(dir.path(), t(1000)).unwrap();
-    assert_eq!(l.recovered(), [req.id.clone()]);
+    assert_eq!(l.recovered(), std::slice::from_ref(&req.id));
     let r = l.run(&req.id).unwrap().unwrap();
     assert_eq!(r.state, RunState::Finished);
     assert_eq!(r.outcome, Some(Outcome::Unknown));
