@@ -57,7 +57,7 @@ CREATE TABLE runs (
 );
 CREATE INDEX runs_by_spec ON runs (spec, scheduled_at, seq);
 CREATE INDEX runs_by_call_id ON runs (call_id) WHERE call_id IS NOT NULL;
-CREATE INDEX runs_open ON runs (state, due_at) WHERE state <> 'finished';
+CREATE INDEX runs_open ON runs (due_at, seq) WHERE state <> 'finished';
 CREATE INDEX runs_finished ON runs (updated_at) WHERE state = 'finished';
 
 CREATE TABLE attempts (
@@ -965,10 +965,12 @@ impl Ledger for SqliteLedger {
         query_runs(
             &self.conn,
             &format!(
-                "SELECT {RUN_COLUMNS} FROM runs r WHERE r.seq = ( \
-                   SELECT n.seq FROM runs n WHERE n.spec = r.spec AND n.state <> 'scheduled' \
-                   ORDER BY n.scheduled_at DESC, n.seq DESC LIMIT 1) \
-                 ORDER BY r.spec"
+                "SELECT {RUN_COLUMNS} FROM runs WHERE seq IN ( \
+                   SELECT (SELECT n.seq FROM runs n WHERE n.spec = s.spec \
+                           AND n.state <> 'scheduled' \
+                           ORDER BY n.scheduled_at DESC, n.seq DESC LIMIT 1) \
+                   FROM (SELECT DISTINCT spec FROM runs) s) \
+                 ORDER BY spec"
             ),
             [],
         )
