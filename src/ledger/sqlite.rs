@@ -688,7 +688,15 @@ impl Ledger for SqliteLedger {
                  WHERE seq = ?1 AND state = 'scheduled'",
                 params![seq, us(now)],
             )?;
-            debug_assert_eq!(changed, 1);
+            if changed != 1 {
+                return Err(refused(
+                    &run,
+                    Refusal {
+                        action: "mark requesting",
+                        why: "the run changed while it was being marked",
+                    },
+                ));
+            }
             next_attempt(tx, seq, client_request_id, now)
         })
     }
