@@ -1095,3 +1095,138 @@ fn the_database_is_in_wal_mode_with_full_sync_and_foreign_keys() {
     assert_eq!(fk, 1);
     l.check_integrity().unwrap();
 }
+
+// ---------------------------------------------------------------- properties
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Insert(usize),
+        Requesting(usize),
+        Attempt(usize),
+        Placed(usize, u8),
+        Notify(usize, u8, u8),
+        Retry(usize),
+        Finish(usize, usize),
+        Cancel(usize),
+    }
+
+    const KEYS: usize = 6;
+    const STATES: [&str; 5] = [
+        "establishing",
+        "established",
+        "terminated",
+        "hold",
+        "ringing",
+    ];
+
+    fn op() -> impl Strategy<Value = Op> {
+        let k = 0..KEYS;
+        prop_oneof![
+            k.clone().prop_map(Op::Insert),
+            k.clone().prop_map(Op::Requesting),
+            k.clone().prop_map(Op::Attempt),
+            (k.clone(), 0..2u8).prop_map(|(k, c)| Op::Placed(k, c)),
+            (k.clone(), 0..5u8, 0..3u8).prop_map(|(k, s, c)| Op::Notify(k, s, c)),
+            k.clone().prop_map(Op::Retry),
+            (k.clone(), 0..Outcome::ALL.len()).prop_map(|(k, o)| Op::Finish(k, o)),
+            (0..2usize).prop_map(Op::Cancel),
+        ]
+    }
+
+    fn key(k: usize) -> RunKey {
+        RunKey::at(format!("s{}", k % 2), t(k as i64 * 60))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn random_operations_keep_the_invariants(ops in proptest::collection::vec(op(), 1..60)) {
+            let mut l = mem();
+            let mut ids: HashMap<usize, String> = HashMap::new();
+            // Per run: successful mark_requesting and retry_later calls.
+            let mut requested: HashMap<String, u32> = HashMap::new();
+            let mut retried: HashMap<String, u32> = HashMap::new();
+            for (step, op) in ops.iter().enumerate() {
+                let now = t(1000 + step as i64);
+                let k = match op {
+                    Op::Insert(k) | Op::Requesting(k) | Op::Attempt(k) | Op::Placed(k, _)
+                    | Op::Notify(k, _, _) | Op::Retry(k) | Op::Finish(k, _) => *k,
+                    Op::Cancel(spec) => *spec,
+                };
+                if let Op::Insert(k) = op {
+                    let new = NewRun { key: key(*k), revision: "r".into(), due: now, tenant_id: None };
+                    let got = l.insert_run(&new, now).unwrap();
+                    let known = ids.contains_key(k);
+                    prop_assert_eq!(got.created, !known, "created flag");
+                    let id = ids.entry(*k).or_insert_with(|| got.run.id.clone());
+                    prop_assert_eq!(&got.run.id, &*id, "a key got a second run");
+                    continue;
+                }
+                if let Op::Cancel(spec) = op {
+                    let before: Vec<Run> = l.open_runs().unwrap();
+                    let canceled = l.cancel_scheduled(&format!("s{spec}"), None, "gone", now).unwrap();
+                    for c in &canceled {
+                        let was = before.iter().find(|r| r.id == c.id).unwrap();
+                        prop_assert_eq!(was.state, RunState::Scheduled);
+                    }
+                    continue;
+                }
+                let Some(id) = ids.get(&k).cloned() else { continue };
+                let before = l.run(&id).unwrap().unwrap();
+                let call = |c: u8| format!("call-{k}-{c}");
+                let result: Result<()> = match op {
+                    Op::Requesting(_) => l.mark_requesting(&id, None, now).map(|_| {
+                        *requested.entry(id.clone()).or_default() += 1;
+                    }),
+                    Op::Attempt(_) => l.begin_attempt(&id, None, now).map(drop),
+                    Op::Placed(_, c) => l.mark_placed(&id, &call(*c), now).map(drop),
+                    Op::Notify(_, s, c) => {
+                        let update = CallStateUpdate {
+                            state: CallState::from(STATES[*s as usize]),
+                            call_id: (*c < 2).then(|| call(*c)),
+                            result_info: None,
+                        };
+                        let n = l.record_call_state(&id, &update, now).unwrap();
+                        // A finished run other than unknown is never moved.
+                        if before.state == RunState::Finished && before.outcome != Some(Outcome::Unknown) {
+                            prop_assert_eq!(n.change, StateChange::Recorded);
+                            prop_assert_eq!(&n.run, &before);
+                        }
+                        // Never backwards.
+                        if before.state.is_open() && n.run.state.is_open() {
+                            prop_assert!(rules::rank(n.run.state) >= rules::rank(before.state));
+                        }
+                        Ok(())
+                    }
+                    Op::Retry(_) => l.retry_later(&id, now, "retry", now).map(|_| {
+                        *retried.entry(id.clone()).or_default() += 1;
+                    }),
+                    Op::Finish(_, o) => l.finish(&id, &Finish::new(Outcome::ALL[*o]), now).map(drop),
+                    Op::Insert(_) | Op::Cancel(_) => unreachable!(),
+                };
+                let after = l.run(&id).unwrap().unwrap();
+                match result {
+                    Ok(()) => {}
+                    Err(LedgerError::Refused { .. } | LedgerError::CallIdConflict { .. }) => {
+                        prop_assert_eq!(&after, &before, "a refused change altered the run");
+                    }
+                    Err(e) => prop_assert!(false, "unexpected error {e}"),
+                }
+                prop_assert_eq!(after.state == RunState::Finished, after.outcome.is_some());
+                // The heart of it: one request per scheduling of the run.
+                let req = requested.get(&id).copied().unwrap_or(0);
+                let ret = retried.get(&id).copied().unwrap_or(0);
+                prop_assert!(req <= 1 + ret, "requested {req} times with {ret} retries");
+                let attempts = l.attempts(&id).unwrap();
+                prop_assert!(attempts.len() as u32 >= req);
+                prop_assert!(attempts.iter().enumerate().all(|(i, a)| a.number == i as u32 + 1));
+            }
+        }
+    }
+}
