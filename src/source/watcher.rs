@@ -387,7 +387,10 @@ impl Source {
         if snapshot.root_error.is_some() {
             self.pacer.follow_up(now + ROOT_RETRY);
         }
-        if snapshot.stats.racy_files > 0 {
+        // With inotify, a rewrite after our read is an event, and the rescan
+        // it causes re-reads racy files. A poll watcher compares mtimes and
+        // misses a rewrite within the same tick: look again once it settled.
+        if snapshot.stats.racy_files > 0 && self.backend.is_poll() {
             self.pacer
                 .follow_up(now + RACY_WINDOW + Duration::from_millis(100));
         }
