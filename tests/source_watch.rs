@@ -420,6 +420,26 @@ async fn the_poll_watcher_sees_changes_too() {
 }
 
 #[tokio::test]
+async fn running_out_of_inotify_watches_falls_back_to_polling() {
+    let (tmp, dir) = calls_dir();
+    let (g, mut rx) = start(
+        &dir,
+        SourceOptions {
+            poll_interval: Duration::from_millis(100),
+            ..opts()
+        },
+    );
+    g.simulate_watch_limit();
+    write(tmp.path(), "x.yaml", "x: 1\n");
+    fs::rename(tmp.path().join("x.yaml"), dir.join("x.yaml")).unwrap();
+    wait_text(&mut rx, "x.yaml", "x: 1\n").await;
+    assert!(g.is_polling(), "switched to the poll watcher");
+    // and the poll watcher keeps seeing changes
+    fs::write(dir.join("x.yaml"), "x: 2\n").unwrap();
+    wait_text(&mut rx, "x.yaml", "x: 2\n").await;
+}
+
+#[tokio::test]
 async fn the_inotify_watcher_is_the_default() {
     let (_tmp, dir) = calls_dir();
     let (g, _rx) = start(&dir, opts());

@@ -484,6 +484,16 @@ impl SourceGuard {
     }
 }
 
+impl SourceGuard {
+    /// For tests: what inotify running out of watches does (switch to the
+    /// poll watcher, log it, rescan).
+    #[doc(hidden)]
+    pub fn simulate_watch_limit(&self) {
+        let limit = notify::Error::new(notify::ErrorKind::MaxFilesWatch);
+        Forward(self.msg_tx.clone()).handle_event(Err(vec![limit]));
+    }
+}
+
 impl Drop for SourceGuard {
     fn drop(&mut self) {
         let _ = self.msg_tx.send(Msg::Stop);
