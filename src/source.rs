@@ -1,1 +1,0 @@
-//! Watching the calls directory (owned by the source work).

@@ -1,0 +1,440 @@
+//! One full scan of a calls directory, with a cache of stat keys so that a
+//! rescan where nothing changed reads no file.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use sha2::{Digest, Sha256};
+
+use crate::spec::files::{MAX_SPEC_FILE_BYTES, WalkProblem, list_spec_files};
+
+/// Files whose ctime is this close to the start of a scan (or in the
+/// future) are re-read on the next scan even when their stat key is equal:
+/// a rewrite within one timestamp tick keeps the key ("racy git"). Two
+/// seconds covers the coarsest common granularity (FAT, some NFS servers).
+pub const RACY_WINDOW: Duration = Duration::from_secs(2);
+
+/// One spec file as seen by a scan.
+#[derive(Clone, PartialEq, Eq)]
+pub struct FileSnapshot {
+    /// Path relative to the calls directory, `/`-separated (`team-a/standup.yaml`).
+    pub rel: String,
+    /// The path that was opened (the calls directory joined with `rel`).
+    pub path: PathBuf,
+    /// The bytes, or why they could not be had (unreadable, over
+    /// [`MAX_SPEC_FILE_BYTES`]). An error is reported for this file only.
+    pub content: Result<Arc<[u8]>, String>,
+    /// sha256 of the bytes; for an error, of the error message (so a
+    /// changed error is a change too).
+    pub hash: [u8; 32],
+}
+
+impl std::fmt::Debug for FileSnapshot {
+    // The bytes are not printed: a snapshot of 10,000 files must stay readable.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let content = match &self.content {
+            Ok(bytes) => format!("{} bytes", bytes.len()),
+            Err(e) => format!("error: {e}"),
+        };
+        f.debug_struct("FileSnapshot")
+            .field("rel", &self.rel)
+            .field("path", &self.path)
+            .field("content", &content)
+            .field("hash", &hex::encode(&self.hash[..8]))
+            .finish()
+    }
+}
+
+impl FileSnapshot {
+    /// The bytes, if the file could be read.
+    pub fn bytes(&self) -> Option<&[u8]> {
+        self.content.as_deref().ok()
+    }
+}
+
+/// What one scan cost; for logs, tests and the benchmark.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScanStats {
+    /// Spec files listed.
+    pub files_listed: usize,
+    /// Files opened and read (stat key changed, new, or racy).
+    pub files_read: usize,
+    /// Bytes read.
+    pub bytes_read: u64,
+    /// Files whose ctime was too recent to trust their stat key next time.
+    pub racy_files: usize,
+    /// Wall time of the scan.
+    pub elapsed: Duration,
+}
+
+/// The complete set of spec files of a calls directory at one moment.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// 1 for the first snapshot, +1 for each snapshot that differs from
+    /// the one before.
+    pub generation: u64,
+    /// The calls directory as configured.
+    pub dir: PathBuf,
+    /// Every spec file, by relative path.
+    pub files: BTreeMap<String, FileSnapshot>,
+    /// Problems met while listing (an unreadable folder, a dangling symlink).
+    pub problems: Vec<WalkProblem>,
+    /// Set when the calls directory itself could not be read (missing, not
+    /// a directory, no permission). `files` and `problems` then hold the
+    /// last known state (empty on the first scan): the truth is unknown,
+    /// which is not the same as "every spec was deleted".
+    pub root_error: Option<String>,
+    /// Whether this snapshot differs from the previous one (true for the first).
+    pub changed: bool,
+    /// What the scan cost.
+    pub stats: ScanStats,
+}
+
+/// The identity of a file's state: any write, truncate, replace or
+/// permission change changes at least one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StatKey {
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+    ino: u64,
+    dev: u64,
+}
+
+impl StatKey {
+    #[cfg(unix)]
+    pub(crate) fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        StatKey {
+            len: meta.len(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+            ino: meta.ino(),
+            dev: meta.dev(),
+        }
+    }
+
+    #[cfg(not(unix))]
+    pub(crate) fn of(meta: &std::fs::Metadata) -> Self {
+        let nanos = |t: std::io::Result<SystemTime>| {
+            t.ok()
+                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                .map(|d| (d.as_secs() as i64, d.subsec_nanos() as i64))
+                .unwrap_or((0, 0))
+        };
+        StatKey {
+            len: meta.len(),
+            mtime: nanos(meta.modified()),
+            ctime: nanos(meta.created()),
+            ino: 0,
+            dev: 0,
+        }
+    }
+
+    /// Whether the ctime is within [`RACY_WINDOW`] of `scan_start` or later.
+    pub(crate) fn is_racy(&self, scan_start: SystemTime) -> bool {
+        let ctime_ns = i128::from(self.ctime.0) * 1_000_000_000 + i128::from(self.ctime.1);
+        let start_ns = match scan_start.duration_since(SystemTime::UNIX_EPOCH) {
+            Ok(d) => d.as_nanos() as i128,
+            Err(_) => return true,
+        };
+        ctime_ns >= start_ns - RACY_WINDOW.as_nanos() as i128
+    }
+}
+
+/// What the scanner remembers of a file between scans.
+struct Cached {
+    /// None when the stat failed: retried every scan.
+    key: Option<StatKey>,
+    /// Re-read next time even when the key is equal.
+    racy: bool,
+    content: Result<Arc<[u8]>, String>,
+    hash: [u8; 32],
+    /// For a file that is a symlink: the canonical folder of its target.
+    link_dir: Option<PathBuf>,
+}
+
+/// Scans a calls directory; keeps a cache of stat keys and contents so a
+/// rescan re-reads only what changed.
+pub struct Scanner {
+    /// The calls directory as configured (may contain symlinks).
+    dir: PathBuf,
+    /// Per relative path, what the last scan saw.
+    cache: HashMap<String, Cached>,
+    /// The last snapshot, to tell whether the next one changed.
+    last: Option<Arc<Snapshot>>,
+    /// The canonical calls directory at the last scan.
+    canonical_root: Option<PathBuf>,
+}
+
+impl Scanner {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Scanner {
+            dir: dir.into(),
+            cache: HashMap::new(),
+            last: None,
+            canonical_root: None,
+        }
+    }
+
+    /// The calls directory as configured.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The last snapshot produced, if any.
+    pub fn last(&self) -> Option<&Arc<Snapshot>> {
+        self.last.as_ref()
+    }
+
+    /// One full scan: list, stat, re-read what changed. Never fails: an
+    /// unreadable directory is reported in [`Snapshot::root_error`], an
+    /// unreadable file in its [`FileSnapshot::content`].
+    pub fn scan(&mut self) -> Arc<Snapshot> {
+        let started = Instant::now();
+        let scan_start = SystemTime::now();
+        let mut stats = ScanStats::default();
+        self.canonical_root = std::fs::canonicalize(&self.dir).ok();
+
+        let (listed, problems) = match list_spec_files(&self.dir) {
+            Ok(found) => found,
+            Err(e) => {
+                let message = format!(
+                    "cannot read the calls directory {}: {e}",
+                    self.dir.display()
+                );
+                stats.elapsed = started.elapsed();
+                return self.publish_root_error(message, stats);
+            }
+        };
+        stats.files_listed = listed.len();
+
+        let mut files = BTreeMap::new();
+        let mut seen = HashMap::with_capacity(listed.len());
+        for file in listed {
+            let meta = match std::fs::metadata(&file.path) {
+                Ok(m) => Ok(m),
+                // deleted between the listing and now: it is gone
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => Err(e),
+            };
+            let key = meta.as_ref().ok().map(StatKey::of);
+            let reuse = match (self.cache.remove(&file.rel), key) {
+                (Some(c), Some(k)) if c.key == Some(k) && !c.racy => Some(c),
+                _ => None,
+            };
+            let cached = match reuse {
+                Some(c) => c,
+                None => {
+                    let content = match &meta {
+                        Ok(m) => read_limited(&file.path, m.len()),
+                        Err(e) => Err(format!("cannot stat: {e}")),
+                    };
+                    stats.files_read += 1;
+                    if let Ok(bytes) = &content {
+                        stats.bytes_read += bytes.len() as u64;
+                    }
+                    let hash = hash_content(&content);
+                    Cached {
+                        key,
+                        racy: key.is_some_and(|k| k.is_racy(scan_start)),
+                        content,
+                        hash,
+                        link_dir: link_dir(&file.path),
+                    }
+                }
+            };
+            if cached.racy {
+                stats.racy_files += 1;
+            }
+            files.insert(
+                file.rel.clone(),
+                FileSnapshot {
+                    rel: file.rel.clone(),
+                    path: file.path,
+                    content: cached.content.clone(),
+                    hash: cached.hash,
+                },
+            );
+            seen.insert(file.rel, cached);
+        }
+        // files not seen this time are gone: forget them
+        self.cache = seen;
+        stats.elapsed = started.elapsed();
+
+        let changed = match &self.last {
+            None => true,
+            Some(last) => {
+                last.root_error.is_some()
+                    || last.problems != problems
+                    || last.files.len() != files.len()
+                    || last
+                        .files
+                        .values()
+                        .zip(files.values())
+                        .any(|(a, b)| a.rel != b.rel || a.hash != b.hash || a.path != b.path)
+            }
+        };
+        self.finish(files, problems, None, changed, stats)
+    }
+
+    fn publish_root_error(&mut self, message: String, stats: ScanStats) -> Arc<Snapshot> {
+        let (files, problems, changed) = match &self.last {
+            Some(last) => (
+                last.files.clone(),
+                last.problems.clone(),
+                last.root_error.as_deref() != Some(message.as_str()),
+            ),
+            None => (BTreeMap::new(), Vec::new(), true),
+        };
+        self.finish(files, problems, Some(message), changed, stats)
+    }
+
+    fn finish(
+        &mut self,
+        files: BTreeMap<String, FileSnapshot>,
+        problems: Vec<WalkProblem>,
+        root_error: Option<String>,
+        changed: bool,
+        stats: ScanStats,
+    ) -> Arc<Snapshot> {
+        let last_generation = self.last.as_ref().map_or(0, |s| s.generation);
+        let snapshot = Arc::new(Snapshot {
+            generation: if changed {
+                last_generation + 1
+            } else {
+                last_generation
+            },
+            dir: self.dir.clone(),
+            files,
+            problems,
+            root_error,
+            changed,
+            stats,
+        });
+        self.last = Some(snapshot.clone());
+        snapshot
+    }
+
+    /// The canonical path of the calls directory at the last scan.
+    pub(crate) fn canonical_root(&self) -> Option<&Path> {
+        self.canonical_root.as_deref()
+    }
+
+    /// Folders holding the targets of symlinked spec files that lie outside
+    /// the (canonical) calls directory: a recursive watch of the calls
+    /// directory does not see writes there, so the watcher watches them too.
+    pub(crate) fn outside_link_dirs(&self) -> BTreeSet<PathBuf> {
+        let root = self.canonical_root.as_deref();
+        self.cache
+            .values()
+            .filter_map(|c| c.link_dir.as_ref())
+            .filter(|d| root.is_none_or(|r| !d.starts_with(r)))
+            .cloned()
+            .collect()
+    }
+}
+
+/// Reads a file of `len` bytes (from its stat), refusing files over
+/// [`MAX_SPEC_FILE_BYTES`] even if they grew since the stat.
+fn read_limited(path: &Path, len: u64) -> Result<Arc<[u8]>, String> {
+    let too_big = |n: u64| {
+        format!(
+            "file is {n} bytes, over the {MAX_SPEC_FILE_BYTES}-byte (1 MiB) limit for a spec file; split it"
+        )
+    };
+    if len > MAX_SPEC_FILE_BYTES {
+        return Err(too_big(len));
+    }
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.take(MAX_SPEC_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() as u64 > MAX_SPEC_FILE_BYTES {
+        return Err(too_big(bytes.len() as u64));
+    }
+    Ok(bytes.into())
+}
+
+fn hash_content(content: &Result<Arc<[u8]>, String>) -> [u8; 32] {
+    let mut h = Sha256::new();
+    match content {
+        Ok(bytes) => h.update(bytes),
+        Err(e) => {
+            h.update(b"calld-source-error\0");
+            h.update(e.as_bytes());
+        }
+    }
+    h.finalize().into()
+}
+
+/// For a path that is a symlink, the canonical folder of what it points to.
+fn link_dir(path: &Path) -> Option<PathBuf> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    if !meta.file_type().is_symlink() {
+        return None;
+    }
+    let target = std::fs::canonicalize(path).ok()?;
+    target.parent().map(Path::to_path_buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key_with_ctime(secs: i64) -> StatKey {
+        StatKey {
+            len: 1,
+            mtime: (secs, 0),
+            ctime: (secs, 0),
+            ino: 1,
+            dev: 1,
+        }
+    }
+
+    #[test]
+    fn racy_when_ctime_is_recent_or_in_the_future() {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        assert!(key_with_ctime(1_000_000).is_racy(start));
+        assert!(key_with_ctime(999_999).is_racy(start));
+        assert!(key_with_ctime(1_000_100).is_racy(start));
+        assert!(!key_with_ctime(999_997).is_racy(start));
+        assert!(!key_with_ctime(0).is_racy(start));
+    }
+
+    #[test]
+    fn error_hash_differs_from_content_hash_and_by_message() {
+        let a = hash_content(&Err("x".into()));
+        let b = hash_content(&Err("y".into()));
+        let c = hash_content(&Ok(Arc::from(&b"x"[..])));
+        assert_ne!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(c, <[u8; 32]>::from(Sha256::digest(b"x")));
+    }
+
+    #[test]
+    fn read_limited_refuses_big_files_even_if_stat_was_small() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("big.yaml");
+        let f = std::fs::File::create(&p).unwrap();
+        f.set_len(MAX_SPEC_FILE_BYTES + 10).unwrap();
+        // the stat said 5 bytes, the file has grown since
+        let err = read_limited(&p, 5).unwrap_err();
+        assert!(err.contains("over the 1048576-byte"), "{err}");
+        let err = read_limited(&p, MAX_SPEC_FILE_BYTES + 10).unwrap_err();
+        assert!(
+            err.contains(&format!("{}", MAX_SPEC_FILE_BYTES + 10)),
+            "{err}"
+        );
+        // exactly at the limit is fine
+        f.set_len(MAX_SPEC_FILE_BYTES).unwrap();
+        assert_eq!(
+            read_limited(&p, MAX_SPEC_FILE_BYTES).unwrap().len() as u64,
+            MAX_SPEC_FILE_BYTES
+        );
+    }
+}
