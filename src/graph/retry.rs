@@ -172,7 +172,7 @@ pub fn classify(
         (_, Observed::NotSent) => retry(None),
         // 1xx/3xx are not expected from Graph (redirects are not followed):
         // a create's fate is then unknown; an idempotent request is refused.
-        (Operation::Create, Observed::Status { status, .. }) if status >= 500 || status < 400 => {
+        (Operation::Create, Observed::Status { status, .. }) if !(400..500).contains(&status) => {
             Disposition::Unknown
         }
         (Operation::Create, Observed::MaybeSent) => Disposition::Unknown,
