@@ -44,7 +44,7 @@ impl FaultPicker {
 
     /// The fault of the next create. Scripted entries do not consume random
     /// draws, so a seed gives the same random sequence with or without a script.
-    pub fn next(&mut self) -> ScriptedFault {
+    pub fn next_fault(&mut self) -> ScriptedFault {
         if let Some(f) = self.script.pop_front() {
             return f;
         }
@@ -67,7 +67,7 @@ impl FaultPicker {
 /// `Retry-After` in seconds, fractional when needed (`1.5`, `0.25`, `2`).
 pub fn retry_after_header(d: std::time::Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("{}", ms / 1000)
     } else {
         let s = format!("{:.3}", d.as_secs_f64());
@@ -93,7 +93,7 @@ mod tests {
     #[test]
     fn no_faults_by_default() {
         let mut p = FaultPicker::new(&FaultsConfig::default());
-        assert!((0..1000).all(|_| p.next() == ScriptedFault::Ok));
+        assert!((0..1000).all(|_| p.next_fault() == ScriptedFault::Ok));
     }
 
     #[test]
@@ -105,20 +105,20 @@ mod tests {
             ScriptedFault::Ok,
         ];
         let mut p = FaultPicker::new(&c);
-        assert_eq!(p.next(), ScriptedFault::Throttle);
-        assert_eq!(p.next(), ScriptedFault::Drop);
-        assert_eq!(p.next(), ScriptedFault::Ok);
-        assert_eq!(p.next(), ScriptedFault::Ok);
+        assert_eq!(p.next_fault(), ScriptedFault::Throttle);
+        assert_eq!(p.next_fault(), ScriptedFault::Drop);
+        assert_eq!(p.next_fault(), ScriptedFault::Ok);
+        assert_eq!(p.next_fault(), ScriptedFault::Ok);
         p.set_script([ScriptedFault::ServerError]);
         assert_eq!(p.script(), vec![ScriptedFault::ServerError]);
-        assert_eq!(p.next(), ScriptedFault::ServerError);
+        assert_eq!(p.next_fault(), ScriptedFault::ServerError);
     }
 
     #[test]
     fn a_seed_is_reproducible() {
         let draw = |seed| {
             let mut p = FaultPicker::new(&config(seed, 0.2, 0.2, 0.2));
-            (0..200).map(|_| p.next()).collect::<Vec<_>>()
+            (0..200).map(|_| p.next_fault()).collect::<Vec<_>>()
         };
         assert_eq!(draw(42), draw(42));
         assert_ne!(draw(42), draw(43));
@@ -130,7 +130,7 @@ mod tests {
         let n = 20_000;
         let mut counts = [0usize; 4];
         for _ in 0..n {
-            counts[match p.next() {
+            counts[match p.next_fault() {
                 ScriptedFault::Throttle => 0,
                 ScriptedFault::Unavailable => 1,
                 ScriptedFault::Drop => 2,

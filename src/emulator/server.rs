@@ -631,7 +631,7 @@ async fn create(
         call_id: None,
         fault: None,
     });
-    let fault = lock(&shared.faults).next();
+    let fault = lock(&shared.faults).next_fault();
     let latency = shared.config.faults.latency;
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;

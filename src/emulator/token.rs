@@ -450,8 +450,10 @@ mod tests {
 
     #[test]
     fn configured_clients() {
-        let mut cfg = EmulatorConfig::default();
-        cfg.tenant_id = Some("CONTOSO".into());
+        let mut cfg = EmulatorConfig {
+            tenant_id: Some("CONTOSO".into()),
+            ..EmulatorConfig::default()
+        };
         let clients = [client("app", Some("s3cret"), Some(&["Calls.Initiate.All"]))];
         let c = check(&cfg, &clients, &secret_form("APP", "s3cret")).unwrap();
         assert_eq!(c.roles, vec!["Calls.Initiate.All"]);

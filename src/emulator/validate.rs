@@ -596,7 +596,8 @@ mod tests {
 
     #[test]
     fn each_rule_is_enforced() {
-        let cases: Vec<(Box<dyn Fn(&mut Value)>, &str)> = vec![
+        type Mutation = Box<dyn Fn(&mut Value)>;
+        let cases: Vec<(Mutation, &str)> = vec![
             (
                 Box::new(|b| b["colour"] = json!("blue")),
                 "'colour' does not exist",
