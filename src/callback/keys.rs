@@ -93,6 +93,11 @@ impl KeyCache {
         self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Changes whenever new keys are loaded.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     pub fn stats(&self) -> KeyCacheStats {
         KeyCacheStats {
             keys: self.current().len(),

@@ -1,5 +1,6 @@
 //! The axum router, the request handler and the serve loop.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -166,6 +167,37 @@ struct Inner {
     /// to debug, so a flood of bad requests cannot flood the log).
     last_warn: AtomicI64,
     suppressed: AtomicU64,
+    /// Tokens whose signature is already verified.
+    verified: VerifiedTokens,
+}
+
+/// Most tokens remembered as verified; the whole set is dropped when full
+/// (Graph uses a handful of tokens at a time, so this is rare).
+const VERIFIED_TOKENS_MAX: usize = 1024;
+
+/// Claims of tokens whose signature verified, with the key generation that
+/// verified them: new keys (a refresh) invalidate every entry.
+#[derive(Default)]
+struct VerifiedTokens {
+    map: std::sync::Mutex<HashMap<String, (u64, Arc<serde_json::Value>)>>,
+}
+
+impl VerifiedTokens {
+    fn get(&self, token: &str, generation: u64) -> Option<Arc<serde_json::Value>> {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get(token) {
+            Some((g, claims)) if *g == generation => Some(claims.clone()),
+            _ => None,
+        }
+    }
+
+    fn insert(&self, token: &str, generation: u64, claims: serde_json::Value) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= VERIFIED_TOKENS_MAX {
+            map.clear();
+        }
+        map.insert(token.to_string(), (generation, Arc::new(claims)));
+    }
 }
 
 impl CallbackState {
@@ -193,6 +225,7 @@ impl CallbackState {
                 stats: Arc::new(CallbackStats::default()),
                 last_warn: AtomicI64::new(i64::MIN),
                 suppressed: AtomicU64::new(0),
+                verified: VerifiedTokens::default(),
             }),
         })
     }
@@ -216,19 +249,28 @@ impl CallbackState {
         headers: &HeaderMap,
     ) -> Result<Verified, TokenError> {
         let token = bearer(headers)?;
-        let header = token::peek_header(token)?;
-        let now = unix_now();
-        let keys = cache.current();
-        match token::verify(token, &keys, &self.inner.rules, now) {
-            Err(TokenError::UnknownKey) => {
-                let keys = match &header.kid {
-                    Some(kid) => cache.refresh_for_unknown_kid(kid).await,
-                    None => keys,
-                };
-                token::verify(token, &keys, &self.inner.rules, unix_now())
-            }
-            other => other,
+        let rules = &self.inner.rules;
+        // Graph sends the same token with many notifications: a token whose
+        // signature was verified with the current keys is not verified
+        // again. Its claims (expiry included) are checked every time.
+        let generation = cache.generation();
+        if let Some(claims) = self.inner.verified.get(token, generation) {
+            return token::check_claims(&claims, rules, unix_now());
         }
+        let header = token::peek_header(token)?;
+        let keys = cache.current();
+        let claims = match (token::verify_signature(token, &keys), &header.kid) {
+            (Err(TokenError::UnknownKey), Some(kid)) => {
+                let keys = cache.refresh_for_unknown_kid(kid).await;
+                // tagged with the generation read before: never newer than
+                // the keys that verified it (a stale tag only costs a miss)
+                token::verify_signature(token, &keys)?
+            }
+            (other, _) => other?,
+        };
+        let verified = token::check_claims(&claims, rules, unix_now())?;
+        self.inner.verified.insert(token, generation, claims);
+        Ok(verified)
     }
 
     fn refused(&self, status: StatusCode, reason: &str) {
@@ -432,8 +474,9 @@ fn run_id(query: Option<&str>) -> Option<String> {
 
 /// Serve notifications on `listener` until `shutdown` completes, then stop
 /// accepting and let requests in progress finish. Loads the signing keys
-/// first (a failure is logged; the keys are retried on the timer and on
-/// the first token), then refreshes them in the background.
+/// first unless the caller already tried (`state.keys()?.refresh()`); a
+/// failure is logged and the keys are retried on the timer and on the first
+/// token. Then refreshes them in the background.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
@@ -450,7 +493,13 @@ pub async fn serve(
             None
         }
         Some(keys) => {
-            let ok = keys.refresh().await.is_ok();
+            // The caller may have loaded the keys already (to be ready
+            // before it reports so); else load them now.
+            let ok = if keys.stats().fetch_attempts == 0 {
+                keys.refresh().await.is_ok()
+            } else {
+                keys.stats().keys > 0
+            };
             let every = state.options().key_refresh_interval;
             Some(AbortOnDrop(tokio::spawn(keys.run_refresher(every, ok))))
         }

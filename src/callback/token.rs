@@ -223,11 +223,18 @@ pub fn verify(
     rules: &TokenRules,
     now: i64,
 ) -> Result<Verified, TokenError> {
+    let claims = verify_signature(token, keys)?;
+    check_claims(&claims, rules, now)
+}
+
+/// Check the header and the signature against `keys`; return the claims,
+/// not yet checked (see [`check_claims`]).
+pub fn verify_signature(token: &str, keys: &KeySet) -> Result<Value, TokenError> {
     let header = peek_header(token)?;
-    let claims = match &header.kid {
+    match &header.kid {
         Some(kid) => {
             let pk = keys.by_kid.get(kid).ok_or(TokenError::UnknownKey)?;
-            verify_signature(token, header.alg, pk)?
+            verify_with(token, header.alg, pk)
         }
         None => {
             if keys.anonymous.is_empty() && keys.by_kid.is_empty() {
@@ -236,14 +243,13 @@ pub fn verify(
             keys.anonymous
                 .iter()
                 .chain(keys.by_kid.values())
-                .find_map(|pk| verify_signature(token, header.alg, pk).ok())
-                .ok_or(TokenError::Signature)?
+                .find_map(|pk| verify_with(token, header.alg, pk).ok())
+                .ok_or(TokenError::Signature)
         }
-    };
-    check_claims(&claims, rules, now)
+    }
 }
 
-fn verify_signature(token: &str, alg: Algorithm, pk: &PublicKey) -> Result<Value, TokenError> {
+fn verify_with(token: &str, alg: Algorithm, pk: &PublicKey) -> Result<Value, TokenError> {
     if pk.alg.is_some_and(|a| a != alg) {
         return Err(TokenError::Signature);
     }
