@@ -422,11 +422,26 @@ async fn invalid_bodies_are_400_in_graph_format() {
         .await
         .unwrap();
     graph_error(r, 400).await;
+    // JSON sent as something else.
+    let r = http()
+        .post(format!("{}/v1.0/communications/calls", em.base_url()))
+        .bearer_auth(&t)
+        .header("client-request-id", "11111111-2222-3333-4444-555555555555")
+        .header("content-type", "text/plain")
+        .body(good.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(graph_error(r, 415).await.0, "UnsupportedMediaType");
+    let received = em.received();
+    assert!(received.iter().all(|r| r.call_id.is_none()));
     assert!(
-        em.received()
+        received
             .iter()
-            .all(|r| r.status == Some(400) && r.call_id.is_none())
+            .all(|r| matches!(r.status, Some(400) | Some(415)))
     );
+    // A body that is not JSON is kept as text.
+    assert_eq!(received[received.len() - 2].body, json!("{not json"));
 }
 
 // ---------------------------------------------------------------- tokens
