@@ -902,17 +902,33 @@ notifications: { retryDelay: 5ms }",
 }
 
 #[tokio::test]
-async fn an_unreachable_callback_never_blocks_the_create() {
-    let em = emulator("notifications: { attempts: 2, retryDelay: 1ms }").await;
-    let dead = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/cb", dead.local_addr().unwrap());
-    drop(dead);
+async fn a_failing_callback_never_blocks_the_create() {
+    let em =
+        emulator("calls: { answerAfter: 1h }\nnotifications: { attempts: 2, retryDelay: 1ms }")
+            .await;
+    // A callback that accepts each connection and closes it at once.
+    let rude = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/cb", rude.local_addr().unwrap());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = rude.accept().await {
+            drop(stream);
+            let _ = tx.send(());
+        }
+    });
     let t = token(&em).await;
     for _ in 0..3 {
         assert_eq!(
             create(&em, Some(&t), &p2p(&url, user("u"))).await.status(),
             201
         );
+    }
+    // Three `establishing` notifications, each tried at least twice.
+    for _ in 0..6 {
+        tokio::time::timeout(PATIENCE, rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
     }
 }
 
