@@ -901,6 +901,8 @@ async fn lifecycle(shared: &Arc<Shared>, call: &Arc<CallEntry>, plan: CallPlan) 
         let shared = shared.clone();
         let call = call.clone();
         async move {
+            // From here on DELETE and keepAlive answer 404.
+            call.ending.store(true, Ordering::SeqCst);
             set_state(&call, "terminating", None);
             deliver(&shared, &call, "terminating", None).await;
             finish(&shared, &call, result).await;
