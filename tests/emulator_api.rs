@@ -422,11 +422,26 @@ async fn invalid_bodies_are_400_in_graph_format() {
         .await
         .unwrap();
     graph_error(r, 400).await;
+    // JSON sent as something else.
+    let r = http()
+        .post(format!("{}/v1.0/communications/calls", em.base_url()))
+        .bearer_auth(&t)
+        .header("client-request-id", "11111111-2222-3333-4444-555555555555")
+        .header("content-type", "text/plain")
+        .body(good.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(graph_error(r, 415).await.0, "UnsupportedMediaType");
+    let received = em.received();
+    assert!(received.iter().all(|r| r.call_id.is_none()));
     assert!(
-        em.received()
+        received
             .iter()
-            .all(|r| r.status == Some(400) && r.call_id.is_none())
+            .all(|r| matches!(r.status, Some(400) | Some(415)))
     );
+    // A body that is not JSON is kept as text.
+    assert_eq!(received[received.len() - 2].body, json!("{not json"));
 }
 
 // ---------------------------------------------------------------- tokens
@@ -887,17 +902,33 @@ notifications: { retryDelay: 5ms }",
 }
 
 #[tokio::test]
-async fn an_unreachable_callback_never_blocks_the_create() {
-    let em = emulator("notifications: { attempts: 2, retryDelay: 1ms }").await;
-    let dead = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/cb", dead.local_addr().unwrap());
-    drop(dead);
+async fn a_failing_callback_never_blocks_the_create() {
+    let em =
+        emulator("calls: { answerAfter: 1h }\nnotifications: { attempts: 2, retryDelay: 1ms }")
+            .await;
+    // A callback that accepts each connection and closes it at once.
+    let rude = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/cb", rude.local_addr().unwrap());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = rude.accept().await {
+            drop(stream);
+            let _ = tx.send(());
+        }
+    });
     let t = token(&em).await;
     for _ in 0..3 {
         assert_eq!(
             create(&em, Some(&t), &p2p(&url, user("u"))).await.status(),
             201
         );
+    }
+    // Three `establishing` notifications, each tried at least twice.
+    for _ in 0..6 {
+        tokio::time::timeout(PATIENCE, rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
     }
 }
 

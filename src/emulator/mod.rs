@@ -163,6 +163,10 @@ pub fn run_cli(listen: &str, config: Option<&Path>) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .try_init();
     let config = match config {
         Some(path) => EmulatorConfig::from_file(path)?,

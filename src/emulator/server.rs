@@ -591,9 +591,15 @@ async fn dispatch(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     }
 }
 
-fn body_for_log(bytes: &[u8]) -> Value {
-    serde_json::from_slice(bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+/// The body as parsed once: the log keeps it (a string when it is not JSON).
+fn parse_body(bytes: &[u8]) -> (Result<Value, String>, Value) {
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(v) => (Ok(v.clone()), v),
+        Err(e) => (
+            Err(e.to_string()),
+            Value::String(String::from_utf8_lossy(bytes).into_owned()),
+        ),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -617,6 +623,7 @@ async fn create(
             ));
         }
     };
+    let (parsed, logged) = parse_body(&bytes);
     let seq = shared.record(ReceivedRequest {
         seq: 0,
         time: jiff::Timestamp::now().to_string(),
@@ -625,7 +632,7 @@ async fn create(
         path: path.to_string(),
         client_request_id: ids.client_sent.clone(),
         request_id: ids.request_id.clone(),
-        body: body_for_log(&bytes),
+        body: logged,
         status: None,
         error_code: None,
         call_id: None,
@@ -693,7 +700,7 @@ async fn create(
         }
     }
 
-    let result = place(shared, headers, &bytes, api);
+    let result = place(shared, headers, parsed, api);
     if fault == ScriptedFault::Hang {
         let call_id = result.as_ref().ok().map(|(_, id)| id.clone());
         shared.update(seq, |r| {
@@ -741,7 +748,7 @@ async fn create(
 fn place(
     shared: &Arc<Shared>,
     headers: &HeaderMap,
-    bytes: &[u8],
+    parsed: Result<Value, String>,
     api: ApiVersion,
 ) -> Result<(Value, String), GraphError> {
     let claims = shared.authenticate(headers)?;
@@ -760,7 +767,7 @@ fn place(
             "The request must have Content-Type: application/json.",
         ));
     }
-    let body: Value = serde_json::from_slice(bytes).map_err(|e| {
+    let body = parsed.map_err(|e| {
         GraphError::bad_request(format!(
             "Unable to read JSON request payload. Please ensure Content-Type header is set and payload is of valid JSON format: {e}."
         ))
@@ -894,6 +901,8 @@ async fn lifecycle(shared: &Arc<Shared>, call: &Arc<CallEntry>, plan: CallPlan) 
         let shared = shared.clone();
         let call = call.clone();
         async move {
+            // From here on DELETE and keepAlive answer 404.
+            call.ending.store(true, Ordering::SeqCst);
             set_state(&call, "terminating", None);
             deliver(&shared, &call, "terminating", None).await;
             finish(&shared, &call, result).await;

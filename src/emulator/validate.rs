@@ -829,4 +829,57 @@ mod tests {
             assert_eq!(err(&body).status, 400);
         }
     }
+
+    fn arb_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            "[a-z@.#:/+0-9]{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..5).prop_map(Value::from),
+                proptest::collection::btree_map(
+                    prop_oneof![
+                        Just("callbackUri".to_string()),
+                        Just("mediaConfig".to_string()),
+                        Just("source".to_string()),
+                        Just("identity".to_string()),
+                        Just("targets".to_string()),
+                        Just("meetingInfo".to_string()),
+                        Just("@odata.type".to_string()),
+                        Just("user".to_string()),
+                        Just("id".to_string()),
+                        "[a-z]{1,8}",
+                    ],
+                    inner,
+                    0..6
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_json_gets_a_verdict_not_a_panic(body in arb_json()) {
+            for api in [ApiVersion::V1, ApiVersion::Beta] {
+                if let Err(e) = check_create(&body, api) {
+                    proptest::prop_assert_eq!(e.status, 400);
+                    proptest::prop_assert!(!e.message.is_empty());
+                }
+            }
+        }
+
+        #[test]
+        fn unknown_property_names_are_refused(name in "[a-z][a-zA-Z]{2,12}") {
+            proptest::prop_assume!(!schema().v1_call_properties.contains(&name));
+            let mut body = p2p();
+            body[name.as_str()] = json!(1);
+            let e = check_create(&body, ApiVersion::V1).unwrap_err();
+            proptest::prop_assert!(e.message.contains(&name), "{}", e.message);
+        }
+    }
 }
