@@ -192,6 +192,9 @@ pub struct Decision {
     pub dropped: Vec<Dropped>,
 }
 
+/// The reason of runs canceled because their spec was removed.
+pub const REMOVED: &str = "the spec was removed";
+
 /// How many skipped-over slots are counted at most after downtime (beyond
 /// it, [`Dropped::more`] is set).
 const COUNT_CAP: u64 = 100_000;
@@ -243,7 +246,7 @@ pub fn reconcile(input: &Input<'_>) -> Decision {
         match input.specs.get(name) {
             None => {
                 for p in runs {
-                    d.finish_pending(&p, Outcome::Canceled, "the spec was removed".to_string());
+                    d.finish_pending(&p, Outcome::Canceled, REMOVED.to_string());
                 }
             }
             Some(spec) => {
@@ -758,34 +761,41 @@ impl Decider<'_, '_> {
         let now = self.now;
         let input = self.input;
         let name = spec.name.as_str();
+        // The latest slot planned for real (canceled ones do not count).
         let last = input.last_slots.get(name).copied();
-        // The cursor only counts if its slot was planned for real: a run
-        // canceled (removed spec, changed schedule) does not mark the time
-        // up to which the spec was looked after.
-        let cursor = last.filter(|&l| {
-            let slot = slot_at(l);
-            !canceled.contains(&slot)
-                && !input
-                    .latest
-                    .get(name)
-                    .is_some_and(|r| r.slot == slot && r.outcome == Some(Outcome::Canceled))
-        });
+        // A spec removed (its next run canceled) and added back later: the
+        // time it was gone is not reported as missed.
+        let removed_at = input
+            .latest
+            .get(name)
+            .filter(|r| {
+                r.outcome == Some(Outcome::Canceled) && r.reason.as_deref() == Some(REMOVED)
+            })
+            .map(|r| r.updated_at)
+            .filter(|at| last.is_none_or(|l| *at > l));
+        let cursor = last.filter(|_| removed_at.is_none());
         let from = match cursor {
             Some(c) => c.min(now),
-            None => match sched.trigger {
-                // A one-shot time is always accounted for: placed if still
-                // within its deadline, recorded as missed otherwise.
-                Trigger::At(_) => Timestamp::MIN,
-                Trigger::Cron(_) => {
-                    let lookback = match sched.deadline {
-                        Some(d) => d.min(input.settings.first_sight_lookback),
-                        None => input.settings.first_sight_lookback,
-                    };
-                    sub(now, lookback)
-                }
-            },
+            None => {
+                let window = match sched.trigger {
+                    // A one-shot time is always accounted for: placed if
+                    // still within its deadline, recorded as missed otherwise.
+                    Trigger::At(_) => Timestamp::MIN,
+                    Trigger::Cron(_) => {
+                        let lookback = match sched.deadline {
+                            Some(d) => d.min(input.settings.first_sight_lookback),
+                            None => input.settings.first_sight_lookback,
+                        };
+                        sub(now, lookback)
+                    }
+                };
+                window.max(removed_at.unwrap_or(Timestamp::MIN)).min(now)
+            }
         };
-        let has = |pending: &Vec<Pending>, slot: &Slot| pending.iter().any(|p| &p.key.slot == slot);
+        let has = |pending: &Vec<Pending>, slot: &Slot| {
+            pending.iter().any(|p| &p.key.slot == slot)
+                || input.runs.iter().any(|r| r.spec == name && &r.slot == slot)
+        };
         if let Some(latest) = sched.last_between(from, now) {
             let slot = slot_at(latest);
             if !has(pending, &slot) && !canceled.contains(&slot) {

@@ -586,6 +586,12 @@ pub trait Ledger: Send {
     /// Inserts a `scheduled` run for `new.key`, or returns the run that
     /// already has that key (unchanged, `created: false`). Atomic: two
     /// writers racing on one key get the same run.
+    ///
+    /// Exception: a run `canceled` before it was ever sent (its spec was
+    /// removed or its schedule changed, and is back) is revived: it is
+    /// `scheduled` again with the new revision and due time, keeps its id,
+    /// and `created` is true. It cannot have been placed, so this never
+    /// places a slot twice.
     fn insert_run(&mut self, new: &NewRun, now: Timestamp) -> Result<Inserted>;
 
     /// The run with this id.
@@ -687,8 +693,9 @@ pub trait Ledger: Send {
     /// The notification states of a run, in order of arrival.
     fn call_states(&self, id: &str) -> Result<Vec<CallStateRecord>>;
 
-    /// Per spec, the latest time slot ever inserted (for catch-up after
-    /// downtime). Specs with only revision slots are absent.
+    /// Per spec, the latest time slot ever inserted and not canceled (for
+    /// catch-up after downtime: a canceled slot was never due). Specs with
+    /// only revision slots are absent.
     fn last_slots(&self) -> Result<std::collections::BTreeMap<String, Timestamp>>;
 
     /// For every open run, by run id: its tries, its latest attempt and the

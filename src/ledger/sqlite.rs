@@ -619,7 +619,11 @@ impl Ledger for SqliteLedger {
                     "INSERT INTO runs (id, spec, slot, revision, scheduled_at, due_at, state, \
                      tenant_id, created_at, updated_at) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'scheduled', ?7, ?8, ?8) \
-                     ON CONFLICT (spec, slot) DO NOTHING",
+                     ON CONFLICT (spec, slot) DO UPDATE SET state = 'scheduled', \
+                       outcome = NULL, reason = NULL, revision = excluded.revision, \
+                       due_at = excluded.due_at, tenant_id = excluded.tenant_id, \
+                       updated_at = excluded.updated_at \
+                     WHERE runs.state = 'finished' AND runs.outcome = 'canceled'",
                     params![
                         id,
                         new.key.spec,
@@ -1024,7 +1028,8 @@ impl Ledger for SqliteLedger {
 
     fn last_slots(&self) -> Result<BTreeMap<String, Timestamp>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT spec, MAX(scheduled_at) FROM runs WHERE slot LIKE 'at:%' GROUP BY spec",
+            "SELECT spec, MAX(scheduled_at) FROM runs WHERE slot LIKE 'at:%' \
+             AND (outcome IS NULL OR outcome <> 'canceled') GROUP BY spec",
         )?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, get_ts(r, 1)?)))?;
         rows.map(|r| r.map_err(data)).collect()

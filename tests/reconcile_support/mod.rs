@@ -230,7 +230,11 @@ impl World {
         for run in self.ledger.open_runs().unwrap() {
             if run.state == calld::ledger::RunState::Requesting {
                 self.ledger
-                    .finish(&run.id, &Finish::new(Outcome::Unknown).reason("restart"), now)
+                    .finish(
+                        &run.id,
+                        &Finish::new(Outcome::Unknown).reason("restart"),
+                        now,
+                    )
                     .unwrap();
             }
         }
