@@ -442,9 +442,7 @@ impl Decider<'_, '_> {
             }
             RunState::Established => {
                 up.entry(&run.spec).or_default().push(run);
-                let Some(call_id) = run.call_id.clone() else {
-                    return None;
-                };
+                let call_id = run.call_id.clone()?;
                 let since = run.established_at.unwrap_or(run.updated_at);
                 let base = memo.last_keep_alive.map_or(since, |k| k.max(since));
                 let next = add(base, settings.keep_alive_interval);

@@ -187,15 +187,14 @@ impl Sim {
                 }
             }
             Edit::Reschedule(i, expr) => {
-                if let Some(s) = self.w.specs.get_mut(&name(i)) {
-                    if s.schedule.is_some() {
-                        let mut sched = cron(expr);
-                        let old = s.schedule.as_ref().unwrap();
-                        sched.concurrency = old.concurrency;
-                        sched.jitter = old.jitter;
-                        s.schedule = Some(sched);
-                        s.revision = format!("rev-{}-{expr}", s.name);
-                    }
+                if let Some(s) = self.w.specs.get_mut(&name(i))
+                    && let Some(old) = &s.schedule
+                {
+                    let mut sched = cron(expr);
+                    sched.concurrency = old.concurrency;
+                    sched.jitter = old.jitter;
+                    s.schedule = Some(sched);
+                    s.revision = format!("rev-{}-{expr}", s.name);
                 }
             }
         }
@@ -240,26 +239,26 @@ impl Sim {
             );
             let first = *n == 0;
             *n += 1;
-            if let (true, Slot::At(t)) = (first, &key.slot) {
-                if let Some(prev) = self.last_first_try.insert(key.spec.clone(), *t) {
-                    assert!(*t > prev, "{}: {t} placed after {prev}", key.spec);
-                }
+            if let (true, Slot::At(t)) = (first, &key.slot)
+                && let Some(prev) = self.last_first_try.insert(key.spec.clone(), *t)
+            {
+                assert!(*t > prev, "{}: {t} placed after {prev}", key.spec);
             }
             self.placements += 1;
             self.script_call(id);
         }
         for id in &applied.hung_up {
-            if let Ok(Some(run)) = self.w.ledger.run(id) {
-                if let Some(call) = run.call_id {
-                    self.at(
-                        Duration::from_secs(2),
-                        Event::Notify {
-                            id: id.clone(),
-                            call,
-                            state: "terminated",
-                        },
-                    );
-                }
+            if let Ok(Some(run)) = self.w.ledger.run(id)
+                && let Some(call) = run.call_id
+            {
+                self.at(
+                    Duration::from_secs(2),
+                    Event::Notify {
+                        id: id.clone(),
+                        call,
+                        state: "terminated",
+                    },
+                );
             }
         }
 
@@ -402,15 +401,13 @@ fn check_decision(w: &World, snap: &Snapshot, d: &Decision, now: Timestamp) {
                 assert!(!spec.suspend, "{key:?} placed while suspended");
                 assert!(!w.held.contains(&key.spec), "{key:?} placed while held");
             }
-            Action::Finish { key, outcome, .. } => {
-                if w.held.contains(&key.spec) {
-                    let run = snap.runs.iter().find(|r| &r.key() == key).unwrap();
-                    assert_ne!(
-                        run.state,
-                        RunState::Scheduled,
-                        "held {key:?} finished {outcome}"
-                    );
-                }
+            Action::Finish { key, outcome, .. } if w.held.contains(&key.spec) => {
+                let run = snap.runs.iter().find(|r| &r.key() == key).unwrap();
+                assert_ne!(
+                    run.state,
+                    RunState::Scheduled,
+                    "held {key:?} finished {outcome}"
+                );
             }
             _ => {}
         }

@@ -267,7 +267,7 @@ impl World {
     }
 
     pub fn notify(&mut self, id: &str, call: &str, state: &str, now: Timestamp) {
-        let result_info = (state == "terminated").then(|| ResultInfo {
+        let result_info = (state == "terminated").then_some(ResultInfo {
             code: Some(200),
             subcode: Some(5001),
             message: None,
