@@ -13,6 +13,8 @@
 //! - [`duration`]: the `90s`, `5m`, `1h30m`, `2d` duration syntax.
 //! - [`config`]: the configuration file (SPEC 3).
 //! - [`plan`]: what `calld plan` shows per spec.
+//! - [`reconcile`]: the daemon's decision function: specs + open runs + now →
+//!   actions (insert, place, finish, retry, hang up, keepAlive) and the next wake-up.
 //!
 //! I/O at the edges:
 //! - [`graph`]: token source and Graph client (create, hang up, keepAlive, retries).
@@ -30,6 +32,7 @@ pub mod emulator;
 pub mod graph;
 pub mod ledger;
 pub mod plan;
+pub mod reconcile;
 pub mod schedule;
 pub mod source;
 pub mod spec;
