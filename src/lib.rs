@@ -23,10 +23,13 @@
 //! - [`source`]: watching the calls directory (inotify + debounced rescan + resync).
 //! - [`callback`]: the notification listener and its token validation.
 //! - [`cli`]: the `check`, `render`, `plan` and `schema` commands.
+//! - [`daemon`]: `calld run`: wires everything together around [`reconcile`].
+//! - [`status`]: `calld status` and `calld history`, reading the ledger.
 
 pub mod callback;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod duration;
 pub mod emulator;
 pub mod graph;
@@ -36,3 +39,4 @@ pub mod reconcile;
 pub mod schedule;
 pub mod source;
 pub mod spec;
+pub mod status;

@@ -397,6 +397,9 @@ pub struct AttemptResult {
     pub error_code: Option<String>,
     pub error_message: Option<String>,
     pub request_id: Option<String>,
+    /// The `client-request-id` the request was sent with, when it was not
+    /// known as the attempt began (kept otherwise).
+    pub client_request_id: Option<String>,
 }
 
 impl AttemptResult {

@@ -765,7 +765,8 @@ impl Ledger for SqliteLedger {
             }
             tx.execute(
                 "UPDATE attempts SET finished_at = ?3, disposition = ?4, http_status = ?5, \
-                 error_code = ?6, error_message = ?7, request_id = ?8 \
+                 error_code = ?6, error_message = ?7, request_id = ?8, \
+                 client_request_id = COALESCE(?9, client_request_id) \
                  WHERE run_seq = ?1 AND number = ?2",
                 params![
                     seq,
@@ -780,7 +781,8 @@ impl Ledger for SqliteLedger {
                     result.http_status,
                     result.error_code,
                     result.error_message,
-                    result.request_id
+                    result.request_id,
+                    result.client_request_id
                 ],
             )?;
             tx.execute(

@@ -475,6 +475,7 @@ fn attempts_are_numbered_and_finished_once() {
             error_code: Some("ServiceUnavailable".into()),
             error_message: Some("try later".into()),
             request_id: Some("req-1".into()),
+            client_request_id: None,
         },
         t(61),
     )
