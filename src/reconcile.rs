@@ -203,6 +203,11 @@ const COUNT_CAP: u64 = 100_000;
 pub fn reconcile(input: &Input<'_>) -> Decision {
     let mut d = Decider {
         input,
+        open_keys: input
+            .runs
+            .iter()
+            .map(|r| (r.spec.as_str(), &r.slot))
+            .collect(),
         now: input.now,
         early: Vec::new(),
         hangups: Vec::new(),
@@ -311,6 +316,8 @@ impl Pending {
 
 struct Decider<'i, 'a> {
     input: &'i Input<'a>,
+    /// The keys of every open run.
+    open_keys: HashSet<(&'a str, &'a Slot)>,
     now: Timestamp,
     /// Finishes, retries, records and inserts, in the order decided.
     early: Vec<Action>,
@@ -597,7 +604,7 @@ impl Decider<'_, '_> {
             None => {
                 let slot = Slot::Revision(spec.revision.clone());
                 let known = pending.iter().any(|p| p.key.slot == slot)
-                    || input.runs.iter().any(|r| r.spec == name && r.slot == slot)
+                    || self.open_keys.contains(&(name, &slot))
                     || input.latest.get(name).is_some_and(|r| r.slot == slot);
                 // Suspended: nothing new; the run is planned when it resumes.
                 if !known && !spec.suspend {
@@ -790,9 +797,9 @@ impl Decider<'_, '_> {
                 window.max(removed_at.unwrap_or(Timestamp::MIN)).min(now)
             }
         };
+        let open_keys = std::mem::take(&mut self.open_keys);
         let has = |pending: &Vec<Pending>, slot: &Slot| {
-            pending.iter().any(|p| &p.key.slot == slot)
-                || input.runs.iter().any(|r| r.spec == name && &r.slot == slot)
+            pending.iter().any(|p| &p.key.slot == slot) || open_keys.contains(&(name, slot))
         };
         if let Some(latest) = sched.last_between(from, now) {
             let slot = slot_at(latest);
@@ -827,6 +834,7 @@ impl Decider<'_, '_> {
                 });
             }
         }
+        self.open_keys = open_keys;
     }
 
     /// The slots in `(from, latest)`: the most recent
