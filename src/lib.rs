@@ -28,6 +28,7 @@
 
 pub mod callback;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod duration;

@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use jiff::Timestamp;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
@@ -190,7 +189,7 @@ async fn run_async(mut config: Config, args: RunArgs) -> anyhow::Result<u8> {
     let calls_dir = config.calls_dir();
     let ledger_dir = state_dir.clone();
     let ledger =
-        tokio::task::spawn_blocking(move || SqliteLedger::open_in(&ledger_dir, Timestamp::now()))
+        tokio::task::spawn_blocking(move || SqliteLedger::open_in(&ledger_dir, crate::clock::now()))
             .await
             .expect("ledger open task")?;
     for id in ledger.recovered() {
@@ -333,7 +332,7 @@ async fn run_async(mut config: Config, args: RunArgs) -> anyhow::Result<u8> {
             break Exit::Once(runs);
         }
         if tokio::time::Instant::now() >= prune_at {
-            let cutoff = Timestamp::now()
+            let cutoff = crate::clock::now()
                 - jiff::SignedDuration::try_from(controller_retention(&controller))
                     .unwrap_or_default();
             match with_ledger(&ledger, move |l| l.prune(cutoff)).await {
@@ -345,7 +344,7 @@ async fn run_async(mut config: Config, args: RunArgs) -> anyhow::Result<u8> {
         }
         let sleep_for = wake
             .map(|w| {
-                let d = w.duration_since(Timestamp::now());
+                let d = w.duration_since(crate::clock::now());
                 Duration::try_from(d).unwrap_or(Duration::ZERO)
             })
             .unwrap_or(Duration::from_secs(3600));
