@@ -451,6 +451,7 @@ fn normalize_field(index: usize, raw: &str) -> Result<String, String> {
         if c.is_ascii_digit() || "*,-/".contains(c) || extra.contains(c) {
             out.push(c);
         } else {
+            let c = raw[i..].chars().next().unwrap_or(c);
             return Err(format!("unexpected character `{c}`"));
         }
         i += 1;
