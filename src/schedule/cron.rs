@@ -149,19 +149,26 @@ impl CronExpr {
         }
         let mut numeric = Vec::with_capacity(5);
         for (i, raw) in fields.iter().enumerate() {
-            let field = normalize_field(i, raw).map_err(|why| field_error(i, raw, &why))?;
-            // Let croner check the field on its own so that its complaint
-            // can be pinned to this field.
-            let mut probe = ["*"; 5];
-            probe[i] = &field;
-            if let Err(e) = Cron::from_str(&probe.join(" ")) {
-                return Err(field_error(i, raw, &croner_reason(&e)));
-            }
-            numeric.push(field);
+            numeric.push(normalize_field(i, raw).map_err(|why| field_error(i, raw, &why))?);
         }
-        let pattern = numeric.join(" ");
-        let cron = Cron::from_str(&pattern)
-            .map_err(|e| format!("cron expression `{text}`: {}; {EXAMPLE}", croner_reason(&e)))?;
+        let cron = match Cron::from_str(&numeric.join(" ")) {
+            Ok(cron) => cron,
+            Err(e) => {
+                // Let croner check each field on its own so that its
+                // complaint can be pinned to a field.
+                for (i, field) in numeric.iter().enumerate() {
+                    let mut probe = ["*"; 5];
+                    probe[i] = field;
+                    if let Err(e) = Cron::from_str(&probe.join(" ")) {
+                        return Err(field_error(i, fields[i], &croner_reason(&e)));
+                    }
+                }
+                return Err(format!(
+                    "cron expression `{text}`: {}; {EXAMPLE}",
+                    croner_reason(&e)
+                ));
+            }
+        };
         let expr = CronExpr {
             text: text.to_string(),
             cron: Box::new(cron),
@@ -444,6 +451,7 @@ fn normalize_field(index: usize, raw: &str) -> Result<String, String> {
         if c.is_ascii_digit() || "*,-/".contains(c) || extra.contains(c) {
             out.push(c);
         } else {
+            let c = raw[i..].chars().next().unwrap_or(c);
             return Err(format!("unexpected character `{c}`"));
         }
         i += 1;
