@@ -84,6 +84,9 @@ const IDENTITY_SET_KEYS: &[&str] = &[
     "assertedIdentity",
     "azureCommunicationServicesUser",
 ];
+/// Identity properties Graph types as strings (identity and
+/// communicationsUserIdentity).
+const IDENTITY_STRING_KEYS: &[&str] = &["id", "displayName", "tenantId"];
 const MEDIA_KEYS: &[&str] = &["prefetch", "appHosted"];
 const PREFETCH_KEYS: &[&str] = &["uri", "resourceId"];
 const APP_HOSTED_KEYS: &[&str] = &["blob"];
@@ -404,6 +407,7 @@ impl<'a> Checker<'a> {
             );
             return None;
         };
+        let before = self.diags.len();
         let mut out = Map::new();
         for (k, v) in entries {
             match &v.value {
@@ -414,12 +418,27 @@ impl<'a> Checker<'a> {
                         "identity values must be plain values",
                     );
                 }
+                // Graph types these as Edm.String: a number would be sent
+                // as a JSON number and refused
+                Value::Int(_) | Value::Float(_) | Value::Bool(_)
+                    if IDENTITY_STRING_KEYS.contains(&k.name.as_str()) =>
+                {
+                    self.error(
+                        v.pos,
+                        &join(path, &k.name),
+                        format!(
+                            "`{}` must be a string, found {}: write it in quotes",
+                            k.name,
+                            v.value.kind()
+                        ),
+                    );
+                }
                 value => {
                     out.insert(k.name.clone(), value.to_json());
                 }
             }
         }
-        Some(out)
+        (self.diags.len() == before).then_some(out)
     }
 
     /// An identitySet: `{ user: {...} }`, `{ application: {...} }`, ...
@@ -979,7 +998,7 @@ fn chat(ck: &mut Checker, node: &Node, path: &str) -> Option<Map<String, Json>> 
             }
         }
     }
-    if !out.contains_key("threadId") {
+    if !matches!(out.get("threadId"), Some(Json::String(t)) if !t.trim().is_empty()) {
         ck.error(
             node.pos,
             &join(path, "threadId"),
