@@ -183,7 +183,10 @@ fn yaml_message(text: &str, pos: Pos, message: &str) -> String {
     if tabbed && (message.contains("tab") || message.contains("indent") || line.starts_with('\t')) {
         return format!("{message}: YAML does not allow tabs for indentation; indent with spaces");
     }
-    if message.contains("budget") || message.contains("recursion limit") {
+    if message.contains("budget")
+        || message.contains("recursion limit")
+        || message.contains("too large or too complex")
+    {
         return format!(
             "{message}: the document is nested too deeply or uses too many aliases for a call spec"
         );
@@ -207,6 +210,10 @@ where
 {
     let mut set = SpecSet::default();
     let mut by_name: BTreeMap<String, Vec<Spec>> = BTreeMap::new();
+    // names of invalid documents, with their files: a valid spec sharing a
+    // name with an invalid one is a duplicate too (else fixing the invalid
+    // one would silently stop the valid one)
+    let mut invalid_in: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for input in files {
         set.file_count += 1;
         let load = match input.bytes {
@@ -232,6 +239,12 @@ where
         if load.has_errors() {
             set.invalid_files.insert(input.label.clone());
         }
+        for name in &load.invalid_names {
+            invalid_in
+                .entry(name.clone())
+                .or_default()
+                .push(input.label.clone());
+        }
         set.invalid_names.extend(load.invalid_names);
         set.diagnostics.extend(load.diagnostics);
         for spec in load.specs {
@@ -239,7 +252,8 @@ where
         }
     }
     for (name, specs) in by_name {
-        if specs.len() == 1 {
+        let invalid_files = invalid_in.get(&name);
+        if specs.len() == 1 && invalid_files.is_none() {
             let spec = specs.into_iter().next().expect("one");
             set.specs.insert(name, spec);
             continue;
@@ -248,10 +262,16 @@ where
             .iter()
             .map(|s| format!("{}:{}", s.file, s.line))
             .collect();
+        let invalid_places: Vec<String> = invalid_files
+            .into_iter()
+            .flatten()
+            .map(|f| format!("{f}, which has errors"))
+            .collect();
         for s in &specs {
             let others: Vec<&String> = places
                 .iter()
                 .filter(|p| **p != format!("{}:{}", s.file, s.line))
+                .chain(&invalid_places)
                 .collect();
             let mut d = Diagnostic::new(
                 &s.file,
