@@ -60,21 +60,22 @@ fn collect_inputs(paths: &[PathBuf], calls_dir: &Path) -> Result<Vec<ReadFile>, 
                     Err(p.message),
                 ));
             }
+            // a folder inside the calls directory: names relative to the
+            // calls directory, as the daemon gives them (`team-a/standup`)
+            let prefix = rel_to_calls_dir(path, calls_canon.as_deref()).filter(|p| !p.is_empty());
             for f in files {
                 let label = f.path.display().to_string();
                 let bytes = read_limited(&f.path);
-                out.push((label, f.rel, bytes));
+                let rel = match &prefix {
+                    Some(p) => format!("{p}/{}", f.rel),
+                    None => f.rel,
+                };
+                out.push((label, rel, bytes));
             }
         } else {
             let label = path.display().to_string();
-            let rel = std::fs::canonicalize(path)
-                .ok()
-                .zip(calls_canon.as_ref())
-                .and_then(|(c, root)| {
-                    c.strip_prefix(root)
-                        .ok()
-                        .map(|r| r.to_string_lossy().replace('\\', "/"))
-                })
+            let rel = rel_to_calls_dir(path, calls_canon.as_deref())
+                .filter(|r| !r.is_empty())
                 .unwrap_or_else(|| {
                     path.file_name()
                         .map(|n| n.to_string_lossy().into_owned())
@@ -84,6 +85,14 @@ fn collect_inputs(paths: &[PathBuf], calls_dir: &Path) -> Result<Vec<ReadFile>, 
         }
     }
     Ok(out)
+}
+
+/// `path` relative to the (canonical) calls directory, `/`-separated, when
+/// it lies inside it.
+fn rel_to_calls_dir(path: &Path, calls_canon: Option<&Path>) -> Option<String> {
+    let canon = std::fs::canonicalize(path).ok()?;
+    let rel = canon.strip_prefix(calls_canon?).ok()?;
+    Some(rel.to_string_lossy().replace('\\', "/"))
 }
 
 /// Loads and validates the given paths (default: the calls directory).
