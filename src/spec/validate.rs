@@ -444,7 +444,8 @@ impl<'a> Checker<'a> {
     /// An identitySet: `{ user: {...} }`, `{ application: {...} }`, ...
     fn identity_set(&mut self, node: &Node, path: &str) -> Option<Map<String, Json>> {
         let fields = self.fields(node, path, IDENTITY_SET_KEYS)?;
-        if fields.entries.is_empty() {
+        // (an unknown key was reported already: no second error for it)
+        if matches!(&node.value, Value::Map(entries) if entries.is_empty()) {
             self.error(
                 node.pos,
                 path,
@@ -485,7 +486,7 @@ impl<'a> Checker<'a> {
                     format!("`{id}` is not GUID-shaped; Graph expects an Entra object id here"),
                 ),
                 Some(_) => self.error(pos, &join(path, "id"), "the id must be a string"),
-                None => self.error(pos, path, format!("a {kind} identity needs an id")),
+                None => self.error(pos, path, format!("{} {kind} identity needs an id", if kind == "user" { "a" } else { "an" })),
             },
             _ => {}
         }
@@ -802,12 +803,17 @@ fn targets(ck: &mut Checker, node: &Node, path: &str) -> Option<Vec<Target>> {
             ok = false;
             continue;
         };
-        if f.entries.len() != 1 {
+        let unknown_reported = matches!(&item.value, Value::Map(e) if e.len() > f.entries.len());
+        if f.entries.len() != 1 && !(f.entries.is_empty() && unknown_reported) {
             ck.error(
                 item.pos,
                 &p,
                 format!("each target is exactly one of {}", allowed.join(", ")),
             );
+            ok = false;
+            continue;
+        }
+        if f.entries.is_empty() {
             ok = false;
             continue;
         }
