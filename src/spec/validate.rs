@@ -1203,7 +1203,7 @@ fn schedule_of(ck: &mut Checker, node: &Node, path: &str, ctx: &Context) -> Opti
         }
         (None, Some(c)) => {
             let text = ck.string(c, &join(path, "cron"))?;
-            match CronExpr::parse(&text) {
+            match parse_cron_memo(&text) {
                 Ok(expr) => Some(Trigger::Cron(expr)),
                 Err(e) => {
                     ck.error(c.pos, &join(path, "cron"), e);
@@ -1262,6 +1262,31 @@ fn schedule_of(ck: &mut Checker, node: &Node, path: &str, ctx: &Context) -> Opti
         concurrency: concurrency?,
         jitter: jitter?,
         until: until?,
+    })
+}
+
+/// [`CronExpr::parse`], memoised per thread. Parsing a cron line is the
+/// costliest step of validating a spec (croner checks each field on its own,
+/// then the whole line), and a calls directory repeats a few lines many
+/// times. A clone shares the parsed pattern. Bounded: cleared at 1,024 lines.
+fn parse_cron_memo(text: &str) -> Result<CronExpr, String> {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    thread_local! {
+        static MEMO: RefCell<HashMap<String, Result<CronExpr, String>>> =
+            RefCell::new(HashMap::new());
+    }
+    MEMO.with(|memo| {
+        if let Some(hit) = memo.borrow().get(text) {
+            return hit.clone();
+        }
+        let parsed = CronExpr::parse(text);
+        let mut memo = memo.borrow_mut();
+        if memo.len() >= 1024 {
+            memo.clear();
+        }
+        memo.insert(text.to_string(), parsed.clone());
+        parsed
     })
 }
 
