@@ -21,6 +21,7 @@
 //! increasing order.
 
 use std::str::FromStr;
+use std::sync::Arc;
 
 use croner::Cron;
 use jiff::civil::DateTime;
@@ -42,7 +43,9 @@ pub struct CronExpr {
     /// As written (trimmed), for display and error messages.
     text: String,
     /// The numeric pattern handed to croner (names and macros expanded).
-    cron: Box<Cron>,
+    /// Shared: croner's `Cron` is ~5.6 KB of bitfields, and clones of one
+    /// expression (calld's validator memoises parsed lines) need not copy it.
+    cron: Arc<Cron>,
     /// Vixie's "wildcard job": the minute or hour field starts with `*`.
     interval: bool,
 }
@@ -171,7 +174,7 @@ impl CronExpr {
         };
         let expr = CronExpr {
             text: text.to_string(),
-            cron: Box::new(cron),
+            cron: Arc::new(cron),
             interval: fields[0].starts_with('*') || fields[1].starts_with('*'),
         };
         expr.check_matches_some_date()?;
