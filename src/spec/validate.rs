@@ -72,7 +72,7 @@ const GRAPH_NAME_HINTS: &[(&str, &str)] = &[
 
 const SOURCE_KEYS: &[&str] = &["identity", "languageId", "region", "countryCode"];
 /// identitySet keys Graph knows (communications identities included).
-const IDENTITY_SET_KEYS: &[&str] = &[
+pub(crate) const IDENTITY_SET_KEYS: &[&str] = &[
     "application",
     "applicationInstance",
     "user",
