@@ -26,6 +26,24 @@ fn populate(dir: &Path, n: usize) {
     }
 }
 
+/// On-CPU time of the calling thread (Linux), to compare runs on a machine
+/// shared with other work, where wall time mostly measures the load.
+fn thread_cpu() -> Option<Duration> {
+    let text = fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: u64 = text.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(ns))
+}
+
+fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
+    let before = thread_cpu();
+    let out = f();
+    let cpu = match (before, thread_cpu()) {
+        (Some(a), Some(b)) => b.saturating_sub(a),
+        _ => Duration::ZERO,
+    };
+    (out, cpu)
+}
+
 fn median(mut xs: Vec<Duration>) -> Duration {
     xs.sort();
     xs[xs.len() / 2]
@@ -46,28 +64,33 @@ fn scans(n: usize) {
     std::thread::sleep(RACY_WINDOW + Duration::from_millis(200));
 
     let runs = if n > 50_000 { 3 } else { 5 };
-    let mut cold = Vec::new();
+    let (mut cold, mut cold_cpu) = (Vec::new(), Vec::new());
     for _ in 0..runs {
         let mut sc = Scanner::new(dir);
-        let s = sc.scan();
+        let (s, cpu) = timed(|| sc.scan());
         assert_eq!(s.files.len(), n);
         assert_eq!(s.stats.files_read, n);
         cold.push(s.stats.elapsed);
+        cold_cpu.push(cpu);
     }
     let mut sc = Scanner::new(dir);
     sc.scan();
-    let mut warm = Vec::new();
+    let (mut warm, mut warm_cpu) = (Vec::new(), Vec::new());
     for _ in 0..runs {
-        let s = sc.scan();
+        let (s, cpu) = timed(|| sc.scan());
         assert_eq!(s.stats.files_read, 0, "a warm rescan must not read files");
         assert!(!s.changed);
         warm.push(s.stats.elapsed);
+        warm_cpu.push(cpu);
     }
     println!(
-        "scan {n:>7} files: cold {:>9.1?}  warm {:>9.1?}  (median of {runs}; files read when warm: 0; created in {created:.1?})",
+        "scan {n:>7} files: cold {:>9.1?} (cpu {:>9.1?})  warm {:>9.1?} (cpu {:>9.1?})  median of {runs}; files read when warm: 0",
         median(cold),
-        median(warm)
+        median(cold_cpu),
+        median(warm),
+        median(warm_cpu),
     );
+    let _ = created;
 }
 
 fn latency(debounce: Duration, existing: usize, drops: usize) {
@@ -120,6 +143,9 @@ fn latency(debounce: Duration, existing: usize, drops: usize) {
 }
 
 fn main() {
+    if let Ok(load) = fs::read_to_string("/proc/loadavg") {
+        println!("load average at start: {}", load.trim());
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     scans(10_000);
     if !quick {

@@ -73,6 +73,8 @@ impl SourceOptions {
 
     /// The debouncer's own timeout: half the debounce (at least 5 ms); the
     /// source's quiet time is the other half, so `debounce` is the total.
+    /// The debouncer's thread ticks at this interval too (it has no idle
+    /// mode): 40 wake-ups a second at the default, not 160.
     fn notify_timeout(&self) -> Duration {
         (self.debounce / 2).max(Duration::from_millis(5))
     }
@@ -162,7 +164,7 @@ impl Backend {
         let timeout = opts.notify_timeout();
         new_debouncer_opt(
             timeout,
-            Some(timeout / 4),
+            Some(timeout),
             Forward(tx.clone()),
             NoCache,
             notify::Config::default(),
@@ -175,7 +177,7 @@ impl Backend {
         let config = notify::Config::default().with_poll_interval(opts.poll_interval);
         Ok(Backend::Poll(new_debouncer_opt(
             timeout,
-            Some(timeout / 4),
+            Some(timeout),
             Forward(tx.clone()),
             NoCache,
             config,
