@@ -258,7 +258,9 @@ pub fn render(path: &Path, name: Option<&str>, api: Option<&str>, config: Option
         );
         return 1;
     }
-    u8::from(!errors.is_empty())
+    // With --name, only that spec's validity decides (its own errors would
+    // have kept it from rendering).
+    u8::from(name.is_none() && !errors.is_empty())
 }
 
 pub fn plan(
