@@ -13,6 +13,8 @@
 //! - [`duration`]: the `90s`, `5m`, `1h30m`, `2d` duration syntax.
 //! - [`config`]: the configuration file (SPEC 3).
 //! - [`plan`]: what `calld plan` shows per spec.
+//! - [`reconcile`]: the daemon's decision function: specs + open runs + now →
+//!   actions (insert, place, finish, retry, hang up, keepAlive) and the next wake-up.
 //!
 //! I/O at the edges:
 //! - [`graph`]: token source and Graph client (create, hang up, keepAlive, retries).
@@ -21,6 +23,8 @@
 //! - [`source`]: watching the calls directory (inotify + debounced rescan + resync).
 //! - [`callback`]: the notification listener and its token validation.
 //! - [`cli`]: the `check`, `render`, `plan` and `schema` commands.
+//! - [`daemon`]: `calld run`: wires everything together around [`reconcile`].
+//! - [`status`]: `calld status` and `calld history`, reading the ledger.
 //!
 //! Operating it:
 //! - [`systemd`]: `sd_notify` readiness, status, watchdog and reload messages.
@@ -32,6 +36,7 @@ pub mod admin;
 pub mod callback;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod duration;
 pub mod emulator;
 pub mod graph;
@@ -39,9 +44,11 @@ pub mod ledger;
 pub mod logging;
 pub mod metrics;
 pub mod plan;
+pub mod reconcile;
 pub mod schedule;
 pub mod source;
 pub mod spec;
+pub mod status;
 pub mod systemd;
 
 /// The git commit calld was built from (`git rev-parse --short HEAD`, or

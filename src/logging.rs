@@ -156,8 +156,26 @@ const LEVELS: [&str; 7] = ["trace", "debug", "info", "warn", "warning", "error",
 /// A `log.level` value: a level, or `EnvFilter` directives
 /// (`warn,calld=debug`). A bare word must be a level name: `inf` is an error
 /// rather than a filter for a module called `inf`.
+///
+/// A single level `L` applies to calld itself; its dependencies (HTTP,
+/// TLS, SQLite, ...) log at `warn`, or at `L` when that is stricter
+/// (`debug` means `warn,calld=debug`). Directives are used as written.
 pub fn parse_level(level: &str) -> anyhow::Result<EnvFilter> {
     let level = level.trim();
+    if let Some(bare) = LEVELS
+        .iter()
+        .find(|l| l.eq_ignore_ascii_case(level))
+        .map(|l| if *l == "warning" { "warn" } else { l })
+    {
+        let deps = if matches!(bare, "error" | "off") {
+            bare
+        } else {
+            "warn"
+        };
+        return EnvFilter::builder()
+            .parse(format!("{deps},calld={bare}"))
+            .map_err(|e| anyhow!("invalid level {level:?}: {e}"));
+    }
     if level.is_empty() {
         bail!("empty level: write one of trace, debug, info, warn, error, off");
     }
@@ -199,6 +217,27 @@ mod tests {
         ] {
             assert!(parse_level(ok).is_ok(), "{ok}");
         }
+    }
+
+    #[test]
+    fn a_bare_level_is_calld_s_level_with_dependencies_at_warn() {
+        assert_eq!(
+            parse_level("debug").unwrap().to_string(),
+            "calld=debug,warn"
+        );
+        assert_eq!(parse_level("Info").unwrap().to_string(), "calld=info,warn");
+        assert_eq!(
+            parse_level("warning").unwrap().to_string(),
+            "calld=warn,warn"
+        );
+        assert_eq!(
+            parse_level("error").unwrap().to_string(),
+            "calld=error,error"
+        );
+        assert_eq!(
+            parse_level("warn,hyper=debug").unwrap().to_string(),
+            "hyper=debug,warn"
+        );
     }
 
     #[test]

@@ -37,6 +37,43 @@ impl From<Format> for calld::cli::Format {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The daemon: watch the calls directory, place calls, record outcomes.
+    Run {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        calls_dir: Option<PathBuf>,
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Place what is due now, wait for the outcomes, print them, exit
+        /// (0 only if every call completed).
+        #[arg(long)]
+        once: bool,
+        /// With --once: how long to wait for the outcomes.
+        #[arg(long, default_value = "5m")]
+        timeout: String,
+    },
+    /// Per spec: last run and outcome, next run, problems (reads the ledger).
+    Status {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// The runs and attempts of one spec, newest first.
+    History {
+        name: String,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
     /// Validate spec files or directories (default: the calls directory). No network.
     Check {
         paths: Vec<PathBuf>,
@@ -85,6 +122,46 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
+        Command::Run {
+            config,
+            calls_dir,
+            state_dir,
+            once,
+            timeout,
+        } => {
+            let timeout = match calld::duration::parse_duration(&timeout) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("calld run: --timeout: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            calld::daemon::run(calld::daemon::RunArgs {
+                config,
+                calls_dir,
+                state_dir,
+                once,
+                timeout,
+            })
+        }
+        Command::Status {
+            config,
+            state_dir,
+            format,
+        } => calld::status::status(config.as_deref(), state_dir.as_deref(), format.into()),
+        Command::History {
+            name,
+            limit,
+            config,
+            state_dir,
+            format,
+        } => calld::status::history(
+            &name,
+            limit,
+            config.as_deref(),
+            state_dir.as_deref(),
+            format.into(),
+        ),
         Command::Check {
             paths,
             config,

@@ -47,7 +47,7 @@ fn json_lines_carry_the_daemons_fields() {
     let out = Capture::default();
     let (sub, _handle) = logging::build(LogFormat::Json, "info", None, false, out.clone()).unwrap();
     tracing::subscriber::with_default(sub, || {
-        tracing::info!(
+        tracing::info!(target: "calld::daemon",
             run = "r-42",
             spec = "team-a/standup",
             outcome = "notEstablished",
@@ -56,10 +56,10 @@ fn json_lines_carry_the_daemons_fields() {
             reason = "480: declined",
             "run finished"
         );
-        let span = tracing::info_span!("placement", spec = "team-b/alert");
+        let span = tracing::info_span!(target: "calld::daemon", "placement", spec = "team-b/alert");
         let _guard = span.enter();
-        tracing::warn!(attempt = 2_u64, "retrying");
-        tracing::debug!("not at info");
+        tracing::warn!(target: "calld::daemon", attempt = 2_u64, "retrying");
+        tracing::debug!(target: "calld::daemon", "not at info");
     });
     let lines = out.json_lines();
     assert_eq!(lines.len(), 2, "{}", out.text());
@@ -74,7 +74,7 @@ fn json_lines_carry_the_daemons_fields() {
     assert_eq!(first["request_id"], "b8c2f1d0-0000-4d6a-9a65-0d8b1d2ad0e7");
     assert_eq!(first["reason"], "480: declined");
     assert!(first["timestamp"].is_string());
-    assert_eq!(first["target"], "ops_logging");
+    assert_eq!(first["target"], "calld::daemon");
 
     let second = &lines[1];
     assert_eq!(second["level"], "WARN");
@@ -92,13 +92,13 @@ fn secrets_never_reach_the_log() {
         let secret = Secret::new(SECRET);
         let reference = SecretRef::Env("CALLD_CLIENT_SECRET".into());
         tracing::subscriber::with_default(sub, || {
-            tracing::info!(secret = ?secret, "debug form");
-            tracing::info!(secret = %secret, "display form");
-            tracing::info!("in the message: {secret} {secret:?}");
-            tracing::info!(client_secret = ?reference, "where it comes from");
-            let span = tracing::info_span!("token", secret = ?secret);
+            tracing::info!(target: "calld::daemon", secret = ?secret, "debug form");
+            tracing::info!(target: "calld::daemon", secret = %secret, "display form");
+            tracing::info!(target: "calld::daemon", "in the message: {secret} {secret:?}");
+            tracing::info!(target: "calld::daemon", client_secret = ?reference, "where it comes from");
+            let span = tracing::info_span!(target: "calld::daemon", "token", secret = ?secret);
             let _g = span.enter();
-            tracing::info!("inside a span holding it");
+            tracing::info!(target: "calld::daemon", "inside a span holding it");
         });
         let text = out.text();
         assert_eq!(text.lines().count(), 5, "{text}");
@@ -114,17 +114,17 @@ fn set_level_changes_what_is_logged() {
     let (sub, handle) = logging::build(LogFormat::Json, "warn", None, false, out.clone()).unwrap();
     assert!(!handle.is_overridden());
     tracing::subscriber::with_default(sub, || {
-        tracing::info!("one");
+        tracing::info!(target: "calld::daemon", "one");
         handle.set_level("debug").unwrap();
-        tracing::debug!("two");
+        tracing::debug!(target: "calld::daemon", "two");
         // A bad level is refused and the current one stays.
         let err = handle.set_level("loud").unwrap_err();
         assert!(format!("{err:#}").contains("unknown level"), "{err:#}");
-        tracing::debug!("three");
+        tracing::debug!(target: "calld::daemon", "three");
         handle.set_level("error").unwrap();
-        tracing::warn!("four");
-        handle.set_level("warn,ops_logging=trace").unwrap();
-        tracing::trace!("five");
+        tracing::warn!(target: "calld::daemon", "four");
+        handle.set_level("warn,calld=trace").unwrap();
+        tracing::trace!(target: "calld::daemon", "five");
     });
     let messages: Vec<String> = out
         .json_lines()
@@ -135,17 +135,34 @@ fn set_level_changes_what_is_logged() {
 }
 
 #[test]
+fn a_bare_level_keeps_dependencies_at_warn() {
+    let out = Capture::default();
+    let (sub, _h) = logging::build(LogFormat::Json, "debug", None, false, out.clone()).unwrap();
+    tracing::subscriber::with_default(sub, || {
+        tracing::debug!(target: "calld::source", "ours");
+        tracing::info!(target: "hyper::proto::h1", "theirs, chatty");
+        tracing::warn!(target: "hyper::proto::h1", "theirs, a problem");
+    });
+    let lines = out.json_lines();
+    let messages: Vec<&str> = lines
+        .iter()
+        .map(|l| l["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(messages, ["ours", "theirs, a problem"]);
+}
+
+#[test]
 fn rust_log_overrides_the_configured_level() {
     let out = Capture::default();
     let (sub, handle) =
         logging::build(LogFormat::Json, "trace", Some("warn"), false, out.clone()).unwrap();
     assert!(handle.is_overridden());
     tracing::subscriber::with_default(sub, || {
-        tracing::info!("hidden");
+        tracing::info!(target: "calld::daemon", "hidden");
         // A reload with a config level keeps RUST_LOG in force.
         handle.set_level("trace").unwrap();
-        tracing::debug!("still hidden");
-        tracing::warn!("shown");
+        tracing::debug!(target: "calld::daemon", "still hidden");
+        tracing::warn!(target: "calld::daemon", "shown");
     });
     let lines = out.json_lines();
     let messages: Vec<&str> = lines
@@ -184,7 +201,7 @@ fn text_is_plain_unless_colour_is_asked_for() {
         let out = Capture::default();
         let (sub, _h) = logging::build(LogFormat::Text, "info", None, ansi, out.clone()).unwrap();
         tracing::subscriber::with_default(sub, || {
-            tracing::info!(
+            tracing::info!(target: "calld::daemon",
                 spec = "team-a/standup",
                 outcome = "completed",
                 "run finished"

@@ -546,7 +546,8 @@ mod tests {
     #[test]
     fn not_notifications() {
         use ParseError::*;
-        let cases: &[(&[u8], fn(&ParseError) -> bool)] = &[
+        type Case<'a> = (&'a [u8], fn(&ParseError) -> bool);
+        let cases: &[Case] = &[
             (b"", |e| matches!(e, Json(_))),
             (b"{", |e| matches!(e, Json(_))),
             (b"\xff\xfe", |e| matches!(e, Json(_))),

@@ -397,6 +397,9 @@ pub struct AttemptResult {
     pub error_code: Option<String>,
     pub error_message: Option<String>,
     pub request_id: Option<String>,
+    /// The `client-request-id` the request was sent with, when it was not
+    /// known as the attempt began (kept otherwise).
+    pub client_request_id: Option<String>,
 }
 
 impl AttemptResult {
@@ -447,6 +450,27 @@ pub enum StateChange {
 pub struct Notified {
     pub run: Run,
     pub change: StateChange,
+}
+
+/// Where an open run's requests and call stand, beyond its [`Run`] row:
+/// what [`crate::reconcile`] needs to decide retries, outcomes and timeouts.
+/// See [`Ledger::open_run_progress`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunProgress {
+    /// How many times the run was marked `requesting` (1 + the `retry`
+    /// attempts made so far); the Graph client's own retries of a 429/5xx
+    /// (`begin_attempt`) do not count.
+    pub tries: u32,
+    /// How many create requests were made (every attempt, all tries).
+    pub attempts: u32,
+    /// The disposition of the latest attempt; `None` when there is no
+    /// attempt or the latest one is still in flight.
+    pub last_disposition: Option<Disposition>,
+    /// Whether the latest attempt is still in flight.
+    pub in_flight: bool,
+    /// The latest notification state about the run's current call.
+    pub last_call_state: Option<CallState>,
 }
 
 /// The result of [`Ledger::insert_run`].
@@ -565,6 +589,12 @@ pub trait Ledger: Send {
     /// Inserts a `scheduled` run for `new.key`, or returns the run that
     /// already has that key (unchanged, `created: false`). Atomic: two
     /// writers racing on one key get the same run.
+    ///
+    /// Exception: a run `canceled` before it was ever sent (its spec was
+    /// removed or its schedule changed, and is back) is revived: it is
+    /// `scheduled` again with the new revision and due time, keeps its id,
+    /// and `created` is true. It cannot have been placed, so this never
+    /// places a slot twice.
     fn insert_run(&mut self, new: &NewRun, now: Timestamp) -> Result<Inserted>;
 
     /// The run with this id.
@@ -666,9 +696,15 @@ pub trait Ledger: Send {
     /// The notification states of a run, in order of arrival.
     fn call_states(&self, id: &str) -> Result<Vec<CallStateRecord>>;
 
-    /// Per spec, the latest time slot ever inserted (for catch-up after
-    /// downtime). Specs with only revision slots are absent.
+    /// Per spec, the latest time slot ever inserted and not canceled (for
+    /// catch-up after downtime: a canceled slot was never due). Specs with
+    /// only revision slots are absent.
     fn last_slots(&self) -> Result<std::collections::BTreeMap<String, Timestamp>>;
+
+    /// For every open run, by run id: its tries, its latest attempt and the
+    /// latest notification state of its current call (the decision input of
+    /// [`crate::reconcile`]).
+    fn open_run_progress(&self) -> Result<std::collections::BTreeMap<String, RunProgress>>;
 
     /// Deletes finished runs last updated before `cutoff`, with their attempts
     /// and states. The newest run of each spec, and its newest time-slot run,

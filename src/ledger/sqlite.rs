@@ -14,9 +14,9 @@ use rusqlite::{
 
 use super::rules::{self, NotificationEffect, Placed, Refusal, RunView};
 use super::{
-    Attempt, AttemptResult, CallState, CallStateRecord, CallStateUpdate, Finish, Inserted, Ledger,
-    LedgerError, NewRun, Notified, Outcome, Result, ResultInfo, Run, RunKey, RunRecord, RunState,
-    Slot, StateChange,
+    Attempt, AttemptResult, CallState, CallStateRecord, CallStateUpdate, Disposition, Finish,
+    Inserted, Ledger, LedgerError, NewRun, Notified, Outcome, Result, ResultInfo, Run, RunKey,
+    RunProgress, RunRecord, RunState, Slot, StateChange,
 };
 
 /// The file name of the ledger inside the state directory.
@@ -87,6 +87,13 @@ CREATE TABLE call_states (
     result_message  TEXT,
     PRIMARY KEY (run_seq, seq)
 ) WITHOUT ROWID;
+"#,
+    // 2: how many times each run was marked requesting (the spec's `retry`
+    // attempts are counted against it). Older rows count one try per
+    // attempt, the closest guess.
+    r#"
+ALTER TABLE runs ADD COLUMN tries INTEGER NOT NULL DEFAULT 0;
+UPDATE runs SET tries = (SELECT COUNT(*) FROM attempts a WHERE a.run_seq = runs.seq);
 "#,
 ];
 
@@ -612,7 +619,11 @@ impl Ledger for SqliteLedger {
                     "INSERT INTO runs (id, spec, slot, revision, scheduled_at, due_at, state, \
                      tenant_id, created_at, updated_at) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'scheduled', ?7, ?8, ?8) \
-                     ON CONFLICT (spec, slot) DO NOTHING",
+                     ON CONFLICT (spec, slot) DO UPDATE SET state = 'scheduled', \
+                       outcome = NULL, reason = NULL, revision = excluded.revision, \
+                       due_at = excluded.due_at, tenant_id = excluded.tenant_id, \
+                       updated_at = excluded.updated_at \
+                     WHERE runs.state = 'finished' AND runs.outcome = 'canceled'",
                     params![
                         id,
                         new.key.spec,
@@ -684,7 +695,7 @@ impl Ledger for SqliteLedger {
             // Conditional on the state we checked: another process holding
             // the same file cannot slip in between (the write lock is held).
             let changed = tx.execute(
-                "UPDATE runs SET state = 'requesting', updated_at = ?2 \
+                "UPDATE runs SET state = 'requesting', tries = tries + 1, updated_at = ?2 \
                  WHERE seq = ?1 AND state = 'scheduled'",
                 params![seq, us(now)],
             )?;
@@ -754,7 +765,8 @@ impl Ledger for SqliteLedger {
             }
             tx.execute(
                 "UPDATE attempts SET finished_at = ?3, disposition = ?4, http_status = ?5, \
-                 error_code = ?6, error_message = ?7, request_id = ?8 \
+                 error_code = ?6, error_message = ?7, request_id = ?8, \
+                 client_request_id = COALESCE(?9, client_request_id) \
                  WHERE run_seq = ?1 AND number = ?2",
                 params![
                     seq,
@@ -769,7 +781,8 @@ impl Ledger for SqliteLedger {
                     result.http_status,
                     result.error_code,
                     result.error_message,
-                    result.request_id
+                    result.request_id,
+                    result.client_request_id
                 ],
             )?;
             tx.execute(
@@ -1017,9 +1030,45 @@ impl Ledger for SqliteLedger {
 
     fn last_slots(&self) -> Result<BTreeMap<String, Timestamp>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT spec, MAX(scheduled_at) FROM runs WHERE slot LIKE 'at:%' GROUP BY spec",
+            "SELECT spec, MAX(scheduled_at) FROM runs WHERE slot LIKE 'at:%' \
+             AND (outcome IS NULL OR outcome <> 'canceled') GROUP BY spec",
         )?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, get_ts(r, 1)?)))?;
+        rows.map(|r| r.map_err(data)).collect()
+    }
+
+    fn open_run_progress(&self) -> Result<BTreeMap<String, RunProgress>> {
+        // The latest attempt, and the latest notification about the current
+        // call (or, without a call id in it, one that arrived after the
+        // latest attempt started), of every open run.
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT r.id, r.tries, \
+               (SELECT COUNT(*) FROM attempts a WHERE a.run_seq = r.seq), \
+               la.number, la.disposition, \
+               (SELECT c.state FROM call_states c WHERE c.run_seq = r.seq \
+                  AND ((r.call_id IS NOT NULL AND c.call_id = r.call_id) \
+                       OR (c.call_id IS NULL AND c.at >= COALESCE(la.started_at, 0))) \
+                  ORDER BY c.seq DESC LIMIT 1) \
+             FROM runs r \
+             LEFT JOIN attempts la ON la.run_seq = r.seq \
+               AND la.number = (SELECT MAX(number) FROM attempts m WHERE m.run_seq = r.seq) \
+             WHERE r.state <> 'finished'",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            let number: Option<i64> = r.get(3)?;
+            let disposition: Option<Disposition> = get_opt_parsed(r, 4)?;
+            let state: Option<String> = r.get(5)?;
+            Ok((
+                r.get::<_, String>(0)?,
+                RunProgress {
+                    tries: u32::try_from(r.get::<_, i64>(1)?).unwrap_or(u32::MAX),
+                    attempts: u32::try_from(r.get::<_, i64>(2)?).unwrap_or(u32::MAX),
+                    in_flight: number.is_some() && disposition.is_none(),
+                    last_disposition: disposition,
+                    last_call_state: state.map(CallState::from),
+                },
+            ))
+        })?;
         rows.map(|r| r.map_err(data)).collect()
     }
 

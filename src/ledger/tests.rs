@@ -475,6 +475,7 @@ fn attempts_are_numbered_and_finished_once() {
             error_code: Some("ServiceUnavailable".into()),
             error_message: Some("try later".into()),
             request_id: Some("req-1".into()),
+            client_request_id: None,
         },
         t(61),
     )
@@ -1161,9 +1162,14 @@ mod properties {
                 };
                 if let Op::Insert(k) = op {
                     let new = NewRun { key: key(*k), revision: "r".into(), due: now, tenant_id: None };
+                    let previous = ids.get(k).map(|id| l.run(id).unwrap().unwrap());
                     let got = l.insert_run(&new, now).unwrap();
-                    let known = ids.contains_key(k);
-                    prop_assert_eq!(got.created, !known, "created flag");
+                    // New, or a canceled run revived.
+                    let revived = previous.as_ref().is_some_and(|r| r.outcome == Some(Outcome::Canceled));
+                    prop_assert_eq!(got.created, previous.is_none() || revived, "created flag");
+                    if revived {
+                        prop_assert_eq!(got.run.state, RunState::Scheduled);
+                    }
                     let id = ids.entry(*k).or_insert_with(|| got.run.id.clone());
                     prop_assert_eq!(&got.run.id, &*id, "a key got a second run");
                     continue;

@@ -1,0 +1,662 @@
+//! `calld run`: the daemon. Wires the source (watching the calls
+//! directory), the spec loader, the pure [`crate::reconcile`] decision, the
+//! ledger, the Graph client and the callback listener together.
+//!
+//! One controller task owns every decision. It builds a snapshot of the
+//! ledger, asks `reconcile` what to do, applies the actions (ledger writes,
+//! placement tasks, hang-ups, keep-alives) and sleeps until the decision's
+//! `wake_at`, a new snapshot of the calls directory, a notification, a
+//! finished request or a signal — whichever comes first. There is no polling
+//! loop: with nothing due, the daemon sleeps.
+//!
+//! Exactly-once: a run is marked `requesting` in the ledger (synced to disk)
+//! before its create request leaves; the ledger refuses to mark a run twice,
+//! and a run left `requesting` by a crash becomes `unknown`, never re-sent.
+
+mod setup;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::callback::Inbound;
+use crate::config::Config;
+use crate::graph::{CreateOutcome, CreateResult, GraphClient};
+use crate::ledger::{
+    self, AttemptResult, CallStateUpdate, Disposition, Finish, Ledger, Outcome, ResultInfo, Run,
+    RunKey, SqliteLedger,
+};
+use crate::reconcile::{self, Action, CallMemo, Settings};
+use crate::source::Snapshot;
+use crate::spec::{Context, Input as SpecInput, Spec, SpecSet, load_set, render};
+
+pub use setup::{RunArgs, apply_env_overrides, run};
+
+/// The shared ledger: one SQLite connection, used from blocking threads.
+pub type SharedLedger = Arc<Mutex<SqliteLedger>>;
+
+/// Runs a ledger operation on a blocking thread (SQLite fsyncs).
+pub async fn with_ledger<T: Send + 'static>(
+    ledger: &SharedLedger,
+    f: impl FnOnce(&mut SqliteLedger) -> ledger::Result<T> + Send + 'static,
+) -> ledger::Result<T> {
+    let ledger = ledger.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut guard = ledger.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    })
+    .await
+    .expect("ledger task panicked")
+}
+
+/// Something that wakes the controller.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// A create request finished (its result is already in the ledger).
+    Placed { run: String, outcome: &'static str },
+    /// A hang-up or keepAlive finished.
+    CallOp {
+        run: String,
+        op: &'static str,
+        gone: bool,
+    },
+}
+
+/// What the daemon was started with, after configuration and sandbox setup.
+pub struct Runtime {
+    pub config: Config,
+    pub calls_dir: PathBuf,
+    pub state_dir: PathBuf,
+    /// The callbackUri of specs that set none.
+    pub public_url: Option<String>,
+    /// Sandbox mode: every callbackUri is rewritten to this local listener
+    /// (nothing may reach an outside host).
+    pub sandbox_callback: Option<String>,
+    pub client: Arc<GraphClient>,
+    pub ledger: SharedLedger,
+    pub jitter_seed: u64,
+    /// `--once`: place what is due now, wait for the outcomes, exit.
+    pub once: Option<Duration>,
+}
+
+/// The controller: every decision is taken here, one at a time.
+pub(crate) struct Controller {
+    rt: Runtime,
+    specs: SpecSet,
+    calls: BTreeMap<String, CallMemo>,
+    /// Runs whose placement task is running (never two for one run).
+    in_flight: HashSet<String>,
+    /// Runs whose hang-up or keepAlive is running.
+    ops_in_flight: HashSet<(String, &'static str)>,
+    events_tx: mpsc::Sender<Event>,
+    /// `--once`: the runs placed by this process, to wait for.
+    watched: BTreeSet<String>,
+    last_status: String,
+}
+
+/// How the controller loop ended.
+pub(crate) enum Exit {
+    Signal,
+    /// `--once` finished: the runs it placed, with their final state.
+    Once(Vec<Run>),
+    OnceTimeout(Vec<Run>),
+}
+
+impl Controller {
+    pub(crate) fn new(rt: Runtime, events_tx: mpsc::Sender<Event>) -> Self {
+        Controller {
+            rt,
+            specs: SpecSet::default(),
+            calls: BTreeMap::new(),
+            in_flight: HashSet::new(),
+            ops_in_flight: HashSet::new(),
+            events_tx,
+            watched: BTreeSet::new(),
+            last_status: String::new(),
+        }
+    }
+
+    /// Validates a new snapshot of the calls directory.
+    pub(crate) fn load_snapshot(&mut self, snap: &Snapshot) {
+        let ctx = Context {
+            defaults: &self.rt.config.defaults,
+            public_url: self.rt.public_url.as_deref(),
+            now: Timestamp::now(),
+        };
+        let mut set = load_set(
+            snap.files.values().map(|f| SpecInput {
+                label: f.path.display().to_string(),
+                rel: f.rel.clone(),
+                bytes: f.content.as_deref().map_err(Clone::clone),
+            }),
+            &ctx,
+        );
+        if let Some(e) = &snap.root_error {
+            set.diagnostics.push(crate::spec::Diagnostic::new(
+                &self.rt.calls_dir.display().to_string(),
+                crate::spec::yaml::Pos::default(),
+                crate::spec::Severity::Error,
+                "",
+                format!("cannot read the calls directory: {e}"),
+            ));
+        }
+        for d in set.diagnostics.iter() {
+            match d.severity {
+                crate::spec::Severity::Error => {
+                    tracing::warn!(file = %d.file, line = d.line, column = d.column, spec = d.spec.as_deref().unwrap_or(""), "invalid spec: {d}")
+                }
+                crate::spec::Severity::Warning => {
+                    tracing::info!(file = %d.file, spec = d.spec.as_deref().unwrap_or(""), "spec warning: {d}")
+                }
+            }
+        }
+        tracing::info!(
+            files = set.file_count,
+            specs = set.specs.len(),
+            invalid_files = set.invalid_files.len(),
+            "calls directory loaded"
+        );
+        self.specs = set;
+        self.write_specs_report();
+    }
+
+    /// `<stateDir>/specs.json`: the daemon's view of the calls directory,
+    /// read by `calld status` (written atomically).
+    fn write_specs_report(&self) {
+        let report = specs_report(&self.specs);
+        let path = self.rt.state_dir.join(SPECS_REPORT);
+        let tmp = self.rt.state_dir.join(format!(".{SPECS_REPORT}.tmp"));
+        let result = std::fs::write(&tmp, serde_json::to_vec_pretty(&report).expect("JSON"))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = result {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the spec report for `calld status`");
+        }
+    }
+
+    /// One decision: snapshot the ledger, reconcile, apply. Returns when to
+    /// decide again.
+    pub(crate) async fn decide(&mut self) -> anyhow::Result<Option<Timestamp>> {
+        let now = Timestamp::now();
+        let (runs, progress, latest, last_slots) = with_ledger(&self.rt.ledger, |l| {
+            let runs = l.open_runs()?;
+            let progress = l.open_run_progress()?;
+            let latest: BTreeMap<String, Run> = l
+                .latest_runs()?
+                .into_iter()
+                .map(|r| (r.spec.clone(), r))
+                .collect();
+            let last_slots = l.last_slots()?;
+            Ok((runs, progress, latest, last_slots))
+        })
+        .await?;
+        // A run whose request task is running is in flight whatever the ledger says.
+        let mut progress = progress;
+        for id in &self.in_flight {
+            progress.entry(id.clone()).or_default().in_flight = true;
+        }
+        self.calls.retain(|id, _| runs.iter().any(|r| &r.id == id));
+        let granted = self.granted_roles().await;
+        let input = reconcile::Input {
+            now,
+            specs: &self.specs.specs,
+            held: &self.specs.invalid_names,
+            runs: &runs,
+            progress: &progress,
+            latest: &latest,
+            last_slots: &last_slots,
+            calls: &self.calls,
+            granted_roles: granted.as_deref(),
+            jitter_seed: self.rt.jitter_seed,
+            settings: Settings {
+                notification_timeout: self.rt.config.daemon.notification_timeout,
+                ..Settings::default()
+            },
+        };
+        let decision = reconcile::reconcile(&input);
+        for d in &decision.dropped {
+            tracing::warn!(spec = %d.spec, count = d.count, first = %d.first, last = %d.last, "slots passed during downtime were not recorded (too many)");
+        }
+        let mut inserted: HashMap<RunKey, Run> = HashMap::new();
+        for action in decision.actions {
+            if let Err(e) = self.apply(action, &mut inserted).await {
+                // A refused ledger call means the run moved meanwhile: the
+                // next decision sees the new state.
+                tracing::debug!(error = %e, "action skipped");
+            }
+        }
+        self.update_status(&runs);
+        Ok(decision.wake_at)
+    }
+
+    /// The token's roles (live mode), to refuse a spec whose permission is
+    /// missing before calling Graph. `None` while unknown (and in sandbox
+    /// mode, where the emulator grants every role).
+    async fn granted_roles(&self) -> Option<Vec<String>> {
+        if self.rt.sandbox_callback.is_some() {
+            return None;
+        }
+        match self.rt.client.tokens().token().await {
+            Ok(t) => t.roles().map(<[String]>::to_vec),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot get a Graph token; permissions are checked by Graph itself");
+                None
+            }
+        }
+    }
+
+    async fn apply(
+        &mut self,
+        action: Action,
+        inserted: &mut HashMap<RunKey, Run>,
+    ) -> anyhow::Result<()> {
+        let now = Timestamp::now();
+        match action {
+            Action::Insert { run } => {
+                let key = run.key.clone();
+                let ins = with_ledger(&self.rt.ledger, move |l| l.insert_run(&run, now)).await?;
+                if ins.created {
+                    tracing::debug!(run = %ins.run.id, spec = %ins.run.spec, due = %ins.run.due_at, "run scheduled");
+                }
+                inserted.insert(key, ins.run);
+            }
+            Action::Record {
+                run,
+                outcome,
+                reason,
+            } => {
+                let r2 = reason.clone();
+                let done = with_ledger(&self.rt.ledger, move |l| {
+                    let ins = l.insert_run(&run, now)?;
+                    if ins.created {
+                        l.finish(&ins.run.id, &Finish::new(outcome).reason(r2), now)
+                            .map(Some)
+                    } else {
+                        Ok(None)
+                    }
+                })
+                .await?;
+                if let Some(run) = done {
+                    log_outcome(&run, outcome, &reason);
+                }
+            }
+            Action::Finish {
+                id,
+                outcome,
+                reason,
+                ..
+            } => {
+                let r2 = reason.clone();
+                let run = with_ledger(&self.rt.ledger, move |l| {
+                    l.finish(&id, &Finish::new(outcome).reason(r2), now)
+                })
+                .await?;
+                log_outcome(&run, outcome, &reason);
+            }
+            Action::Retry {
+                id, due, reason, ..
+            } => {
+                let r2 = reason.clone();
+                let run = with_ledger(&self.rt.ledger, move |l| l.retry_later(&id, due, &r2, now))
+                    .await?;
+                tracing::info!(run = %run.id, spec = %run.spec, due = %due, reason = %reason, "retry scheduled");
+            }
+            Action::HangUp {
+                id,
+                call_id,
+                reason,
+                ..
+            } => {
+                self.calls
+                    .entry(id.clone())
+                    .or_default()
+                    .hangup_requested_at = Some(now);
+                self.spawn_call_op(id, call_id, "hangUp", reason);
+            }
+            Action::KeepAlive { id, call_id, .. } => {
+                self.calls.entry(id.clone()).or_default().last_keep_alive = Some(now);
+                self.spawn_call_op(id, call_id, "keepAlive", String::new());
+            }
+            Action::Place { id, key } => {
+                let id = match id.or_else(|| inserted.get(&key).map(|r| r.id.clone())) {
+                    Some(id) => id,
+                    None => anyhow::bail!("place: no run for {key:?}"),
+                };
+                self.place(id, key).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks the run `requesting` (durable), then sends the create request
+    /// from a task of its own.
+    async fn place(&mut self, id: String, key: RunKey) -> anyhow::Result<()> {
+        if self.in_flight.contains(&id) {
+            return Ok(());
+        }
+        let Some(spec) = self.specs.specs.get(&key.spec).cloned() else {
+            anyhow::bail!("place: spec {} is gone", key.spec);
+        };
+        let now = Timestamp::now();
+        let id2 = id.clone();
+        // The run row says `requesting` on disk before the request leaves.
+        let attempt =
+            with_ledger(&self.rt.ledger, move |l| l.mark_requesting(&id2, None, now)).await?;
+        self.in_flight.insert(id.clone());
+        if self.rt.once.is_some() {
+            self.watched.insert(id.clone());
+        }
+        let mut body = render::body_for_run(&spec, &id);
+        if let Some(local) = &self.rt.sandbox_callback {
+            let uri = render::callback_uri_for_run(local, &id);
+            body["callbackUri"] = json!(uri);
+        }
+        let url = self.rt.client.create_url();
+        let client = self.rt.client.clone();
+        let ledger = self.rt.ledger.clone();
+        let events = self.events_tx.clone();
+        tracing::info!(run = %id, spec = %spec.name, attempt, "placing call");
+        tokio::spawn(async move {
+            let result = client.create_call(&url, &body).await;
+            let outcome = result.outcome.as_str();
+            if let Err(e) = record_create(&ledger, &id, attempt, &spec, result).await {
+                tracing::error!(run = %id, error = %e, "cannot record the create result");
+            }
+            let _ = events.send(Event::Placed { run: id, outcome }).await;
+        });
+        Ok(())
+    }
+
+    fn spawn_call_op(&mut self, id: String, call_id: String, op: &'static str, reason: String) {
+        if !self.ops_in_flight.insert((id.clone(), op)) {
+            return;
+        }
+        let client = self.rt.client.clone();
+        let events = self.events_tx.clone();
+        tokio::spawn(async move {
+            let result = match op {
+                "hangUp" => {
+                    tracing::info!(run = %id, call_id = %call_id, reason = %reason, "hanging up");
+                    client.hang_up(&call_id).await
+                }
+                _ => client.keep_alive(&call_id).await,
+            };
+            let gone = matches!(result.outcome, crate::graph::CallOpOutcome::Gone { .. });
+            match &result.outcome {
+                crate::graph::CallOpOutcome::Done => {
+                    tracing::debug!(run = %id, call_id = %call_id, op, "done")
+                }
+                other => {
+                    tracing::warn!(run = %id, call_id = %call_id, op, result = ?other, "call operation did not succeed")
+                }
+            }
+            let _ = events.send(Event::CallOp { run: id, op, gone }).await;
+        });
+    }
+
+    /// A request task finished.
+    pub(crate) async fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Placed { run, outcome } => {
+                tracing::debug!(run = %run, outcome, "create request finished");
+                self.in_flight.remove(&run);
+            }
+            Event::CallOp { run, op, gone } => {
+                self.ops_in_flight.remove(&(run.clone(), op));
+                if gone && op == "keepAlive" {
+                    // 404: the call is gone; record its end as Graph would have.
+                    let now = Timestamp::now();
+                    let update = CallStateUpdate {
+                        state: ledger::CallState::Terminated,
+                        call_id: None,
+                        result_info: Some(ResultInfo {
+                            code: Some(404),
+                            subcode: None,
+                            message: Some("keepAlive: the call no longer exists".into()),
+                        }),
+                    };
+                    let _ = with_ledger(&self.rt.ledger, move |l| {
+                        l.record_call_state(&run, &update, now)
+                    })
+                    .await;
+                }
+            }
+        }
+    }
+
+    /// A validated notification from the callback listener.
+    pub(crate) async fn on_notification(&mut self, inbound: Inbound) {
+        let now = Timestamp::now();
+        for event in inbound.events {
+            let Some(state) = event.state.as_ref() else {
+                continue;
+            };
+            let state = ledger::CallState::from(state.as_str());
+            let update = CallStateUpdate {
+                state,
+                call_id: event.call_id.clone(),
+                result_info: event.result_info.as_ref().map(|r| ResultInfo {
+                    code: Some(r.code),
+                    subcode: Some(r.subcode),
+                    message: r.message.clone(),
+                }),
+            };
+            let run_id = inbound.run_id.clone();
+            let call_id = event.call_id.clone();
+            let res = with_ledger(&self.rt.ledger, move |l| {
+                // calldRun first; else the Graph call id
+                let run = match &run_id {
+                    Some(id) => l.run(id)?,
+                    None => None,
+                };
+                let run = match (run, &call_id) {
+                    (Some(r), _) => Some(r),
+                    (None, Some(c)) => l.run_by_call_id(c)?,
+                    (None, None) => None,
+                };
+                match run {
+                    Some(r) => l.record_call_state(&r.id, &update, now).map(Some),
+                    None => Ok(None),
+                }
+            })
+            .await;
+            match res {
+                Ok(Some(n)) => {
+                    tracing::debug!(run = %n.run.id, spec = %n.run.spec, state = %event.state.as_ref().map(|s| s.as_str()).unwrap_or(""), change = ?n.change, "notification")
+                }
+                Ok(None) => tracing::info!(
+                    call_id = event.call_id.as_deref().unwrap_or(""),
+                    run = inbound.run_id.as_deref().unwrap_or(""),
+                    "notification for a call calld did not place; ignored"
+                ),
+                Err(e) => tracing::warn!(error = %e, "cannot record a notification"),
+            }
+        }
+    }
+
+    /// The one-line summary for logs and systemd's STATUS=.
+    fn update_status(&mut self, runs: &[Run]) {
+        let up = runs
+            .iter()
+            .filter(|r| {
+                matches!(
+                    r.state,
+                    ledger::RunState::Placed
+                        | ledger::RunState::Establishing
+                        | ledger::RunState::Established
+                )
+            })
+            .count();
+        let next = runs
+            .iter()
+            .filter(|r| r.state == ledger::RunState::Scheduled)
+            .min_by_key(|r| r.due_at)
+            .map(|r| format!(", next run {} {}", r.due_at, r.spec))
+            .unwrap_or_default();
+        let invalid = self.specs.invalid_files.len();
+        let status = format!(
+            "{} specs, {invalid} invalid{next}, {up} calls up",
+            self.specs.specs.len()
+        );
+        if status != self.last_status {
+            tracing::debug!(status = %status, "status");
+            self.last_status = status;
+        }
+    }
+
+    pub(crate) fn status_line(&self) -> &str {
+        &self.last_status
+    }
+
+    /// `--once`: whether every run placed by this process has finished.
+    pub(crate) async fn once_done(&self) -> anyhow::Result<Option<Vec<Run>>> {
+        if !self.in_flight.is_empty() {
+            return Ok(None);
+        }
+        let ids: Vec<String> = self.watched.iter().cloned().collect();
+        let runs = with_ledger(&self.rt.ledger, move |l| {
+            let mut out = Vec::new();
+            for id in &ids {
+                if let Some(r) = l.run(id)? {
+                    out.push(r);
+                }
+            }
+            Ok(out)
+        })
+        .await?;
+        Ok(runs
+            .iter()
+            .all(|r| r.state == ledger::RunState::Finished)
+            .then_some(runs))
+    }
+
+    pub(crate) async fn watched_runs(&self) -> Vec<Run> {
+        let ids: Vec<String> = self.watched.iter().cloned().collect();
+        with_ledger(&self.rt.ledger, move |l| {
+            let mut out = Vec::new();
+            for id in &ids {
+                if let Some(r) = l.run(id)? {
+                    out.push(r);
+                }
+            }
+            Ok(out)
+        })
+        .await
+        .unwrap_or_default()
+    }
+}
+
+/// Records a create request's attempts and result. Attempt 1 was opened by
+/// `mark_requesting`; the client's own re-sends (429, 503, connect errors)
+/// are recorded as further attempts.
+async fn record_create(
+    ledger: &SharedLedger,
+    id: &str,
+    first: u32,
+    spec: &Spec,
+    result: CreateResult,
+) -> ledger::Result<()> {
+    let id = id.to_string();
+    let spec_name = spec.name.clone();
+    with_ledger(ledger, move |l| {
+        let now = Timestamp::now();
+        let final_disposition = match &result.outcome {
+            CreateOutcome::Placed { .. } => Disposition::Placed,
+            CreateOutcome::Rejected { .. } => Disposition::Rejected,
+            CreateOutcome::Failed { .. } => Disposition::Failed,
+            CreateOutcome::Unknown { .. } => Disposition::Unknown,
+        };
+        let call_id = match &result.outcome {
+            CreateOutcome::Placed { call_id, .. } => Some(call_id.clone()),
+            _ => None,
+        };
+        let reason = match &result.outcome {
+            CreateOutcome::Placed { .. } => None,
+            CreateOutcome::Rejected { status, error } => Some(format!("HTTP {status}: {}", error.summary())),
+            CreateOutcome::Failed { reason } | CreateOutcome::Unknown { reason } => Some(reason.clone()),
+        };
+        if result.attempts.is_empty() {
+            // Nothing was sent (no token): close attempt 1 as failed.
+            let r = AttemptResult {
+                disposition: Some(final_disposition),
+                error_message: reason.clone(),
+                ..AttemptResult::default()
+            };
+            l.finish_attempt(&id, first, &r, now)?;
+        }
+        let last = result.attempts.len().saturating_sub(1);
+        for (i, a) in result.attempts.iter().enumerate() {
+            let number = if i == 0 { first } else { l.begin_attempt(&id, Some(&a.client_request_id), a.started_at)? };
+            let disposition = if i == last { final_disposition } else { Disposition::Failed };
+            let r = AttemptResult {
+                disposition: Some(disposition),
+                http_status: a.status,
+                error_code: a.error_code.clone(),
+                error_message: a.error_message.clone().or_else(|| if i == last { reason.clone() } else { None }),
+                request_id: a.request_id.clone(),
+                client_request_id: Some(a.client_request_id.clone()),
+            };
+            l.finish_attempt(&id, number, &r, a.finished_at)?;
+        }
+        if let Some(call_id) = &call_id {
+            l.mark_placed(&id, call_id, now)?;
+            tracing::info!(run = %id, spec = %spec_name, call_id = %call_id, "call placed");
+        } else {
+            tracing::warn!(run = %id, spec = %spec_name, result = final_disposition.as_str(), reason = reason.as_deref().unwrap_or(""), "create request did not place the call");
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// One structured log line per outcome.
+pub(crate) fn log_outcome(run: &Run, outcome: Outcome, reason: &str) {
+    let result_info = run
+        .result_info
+        .as_ref()
+        .map(|r| format!("{}/{}", r.code.unwrap_or(0), r.subcode.unwrap_or(0)))
+        .unwrap_or_default();
+    tracing::info!(
+        run = %run.id,
+        spec = %run.spec,
+        outcome = outcome.as_str(),
+        call_id = run.call_id.as_deref().unwrap_or(""),
+        result_info = %result_info,
+        reason = %reason,
+        "run finished"
+    );
+}
+
+/// The file `calld status` reads for the daemon's view of the specs.
+pub const SPECS_REPORT: &str = "specs.json";
+
+/// The daemon's view of the calls directory, as JSON.
+pub fn specs_report(set: &SpecSet) -> serde_json::Value {
+    let specs: Vec<_> = set
+        .specs
+        .values()
+        .map(|s| {
+            json!({
+                "name": s.name,
+                "file": s.file,
+                "line": s.line,
+                "revision": s.revision,
+                "suspended": s.suspend,
+                "scheduled": s.schedule.is_some(),
+                "permissions": s.permissions,
+            })
+        })
+        .collect();
+    json!({
+        "updatedAt": Timestamp::now().to_string(),
+        "files": set.file_count,
+        "specs": specs,
+        "invalidNames": set.invalid_names,
+        "invalidFiles": set.invalid_files,
+        "diagnostics": set.diagnostics,
+    })
+}

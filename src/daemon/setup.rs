@@ -1,0 +1,442 @@
+//! Starting the daemon: configuration (file, `CALLD_*` environment, flags),
+//! sandbox mode, the ledger, the Graph client, the callback listener, the
+//! source; then the controller loop with signals.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use jiff::Timestamp;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+use super::{Controller, Event, Exit, Runtime, with_ledger};
+use crate::callback::CallbackOptions;
+use crate::config::{Config, GraphMode, Secret};
+use crate::graph::auth::token_url;
+use crate::graph::{
+    Credential, GraphClient, GraphClientOptions, TokenSource, TokenSourceConfig, http_client,
+};
+use crate::ledger::{Ledger, SqliteLedger};
+use crate::source::{SourceOptions, watch as watch_dir};
+
+/// `calld run` arguments.
+#[derive(Debug, Clone, Default)]
+pub struct RunArgs {
+    pub config: Option<PathBuf>,
+    pub calls_dir: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub once: bool,
+    /// `--once`: how long to wait for outcomes.
+    pub timeout: Duration,
+}
+
+/// The client id and secret the daemon uses against its own emulator.
+const SANDBOX_CLIENT_ID: &str = "calld-sandbox";
+const SANDBOX_TENANT: &str = "00000000-0000-0000-0000-000000000000";
+
+/// `CALLD_*` environment variables override the file (flags override both).
+/// Documented in the README ("Configuration").
+pub fn apply_env_overrides(
+    config: &mut Config,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), String> {
+    if let Some(v) = env("CALLD_CALLS_DIR") {
+        config.calls_dir = Some(v.into());
+    }
+    if let Some(v) = env("CALLD_STATE_DIR") {
+        config.state_dir = Some(v.into());
+    }
+    if let Some(v) = env("CALLD_GRAPH_MODE") {
+        config.graph.mode = Some(match v.as_str() {
+            "live" => GraphMode::Live,
+            "sandbox" => GraphMode::Sandbox,
+            other => return Err(format!("CALLD_GRAPH_MODE={other}: write live or sandbox")),
+        });
+    }
+    if let Some(v) = env("CALLD_GRAPH_BASE_URL") {
+        config.graph.base_url = Some(v);
+    }
+    if let Some(v) = env("CALLD_GRAPH_AUTHORITY_URL") {
+        config.graph.authority_url = Some(v);
+    }
+    if let Some(v) = env("CALLD_TENANT_ID") {
+        config.graph.tenant_id = Some(v);
+    }
+    if let Some(v) = env("CALLD_CLIENT_ID") {
+        config.graph.client_id = Some(v);
+    }
+    if env("CALLD_CLIENT_SECRET").is_some()
+        && config.graph.client_secret.is_none()
+        && config.graph.certificate.is_none()
+    {
+        // the secret stays in the environment; only its name is kept
+        config.graph.client_secret =
+            Some(crate::config::SecretRef::Env("CALLD_CLIENT_SECRET".into()));
+    }
+    if let Some(v) = env("CALLD_CALLBACK_PUBLIC_URL") {
+        config.callback.public_url = Some(v);
+    }
+    if let Some(v) = env("CALLD_CALLBACK_LISTEN") {
+        config.callback.listen = v;
+    }
+    if let Some(v) = env("CALLD_ADMIN_LISTEN") {
+        config.admin.listen = v;
+    }
+    if let Some(v) = env("CALLD_LOG_LEVEL") {
+        config.log.level = v;
+    }
+    if let Some(v) = env("CALLD_LOG_FORMAT") {
+        config.log.format = match v.as_str() {
+            "text" => crate::config::LogFormat::Text,
+            "json" => crate::config::LogFormat::Json,
+            "journald" => crate::config::LogFormat::Journald,
+            other => {
+                return Err(format!(
+                    "CALLD_LOG_FORMAT={other}: write text, json or journald"
+                ));
+            }
+        };
+    }
+    Ok(())
+}
+
+fn load_config(args: &RunArgs) -> Result<Config, String> {
+    let (mut config, _) = Config::load(args.config.as_deref()).map_err(|e| e.to_string())?;
+    apply_env_overrides(&mut config, &|k| {
+        std::env::var(k).ok().filter(|v| !v.is_empty())
+    })?;
+    if let Some(d) = &args.calls_dir {
+        config.calls_dir = Some(d.clone());
+    }
+    if let Some(d) = &args.state_dir {
+        config.state_dir = Some(d.clone());
+    }
+    Ok(config)
+}
+
+/// `calld run`. Returns the exit code.
+pub fn run(args: RunArgs) -> u8 {
+    let config = match load_config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("calld run: configuration: {e}");
+            return 2;
+        }
+    };
+    init_logging(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("calld run: cannot start the async runtime: {e}");
+            return 2;
+        }
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match runtime.block_on(run_async(config, args)) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("calld run: {e:#}");
+            2
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(
+            format!("calld={0},{0}", config.log.level).replace(",info", ",warn"),
+        )
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match config.log.format {
+        crate::config::LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        _ => builder
+            .with_ansi(
+                std::io::IsTerminal::is_terminal(&std::io::stderr())
+                    && std::env::var_os("NO_COLOR").is_none(),
+            )
+            .try_init(),
+    };
+}
+
+/// A stable jitter seed per state directory (`<stateDir>/jitter-seed`), so
+/// a restart keeps every run's jitter.
+fn jitter_seed(state_dir: &Path) -> anyhow::Result<u64> {
+    let path = state_dir.join("jitter-seed");
+    if let Ok(text) = std::fs::read_to_string(&path)
+        && let Ok(seed) = text.trim().parse()
+    {
+        return Ok(seed);
+    }
+    let seed: u64 = rand::random();
+    std::fs::write(&path, seed.to_string())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(seed)
+}
+
+async fn run_async(mut config: Config, args: RunArgs) -> anyhow::Result<u8> {
+    let state_dir = config.state_dir();
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("cannot create the state directory {}", state_dir.display()))?;
+    let calls_dir = config.calls_dir();
+    let ledger_dir = state_dir.clone();
+    let ledger =
+        tokio::task::spawn_blocking(move || SqliteLedger::open_in(&ledger_dir, Timestamp::now()))
+            .await
+            .expect("ledger open task")?;
+    for id in ledger.recovered() {
+        tracing::warn!(run = %id, outcome = "unknown", "run was in flight when the daemon stopped; recorded as unknown (never re-sent)");
+    }
+    let ledger = Arc::new(Mutex::new(ledger));
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let shutdown = move || {
+        let mut rx = shutdown_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+
+    // Graph: live, or the built-in emulator (sandbox).
+    let mode = config.graph.effective_mode();
+    let mut _emulator = None;
+    let (client, callback_opts, callback_listener, sandbox_callback, public_url) = match mode {
+        GraphMode::Sandbox => {
+            let emu = crate::emulator::start(
+                crate::emulator::EmulatorConfig::default(),
+                TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .context("sandbox emulator")?,
+            )
+            .await?;
+            let base = emu.base_url();
+            tracing::warn!(
+                emulator = %base,
+                "SANDBOX MODE: no Graph credentials are configured, so calls go to the built-in Graph emulator; NO REAL CALL IS PLACED"
+            );
+            let opts = GraphClientOptions {
+                base_url: base.clone(),
+                ..GraphClientOptions::from_config(&config.graph)
+            };
+            let http = http_client(&opts)?;
+            let tokens = TokenSource::new(
+                http.clone(),
+                TokenSourceConfig {
+                    token_url: token_url(&base, SANDBOX_TENANT),
+                    client_id: SANDBOX_CLIENT_ID.into(),
+                    scope: format!("{base}/.default"),
+                    credential: Credential::Secret(Secret::new("sandbox")),
+                },
+            );
+            let client = GraphClient::new(http, Arc::new(tokens), opts);
+            let listener = TcpListener::bind("127.0.0.1:0")
+                .await
+                .context("sandbox callback listener")?;
+            let local = format!(
+                "http://127.0.0.1:{}/api/calls",
+                listener.local_addr()?.port()
+            );
+            let mut cb = CallbackOptions::new(SANDBOX_CLIENT_ID);
+            cb.open_id_config_url = emu.open_id_config_url();
+            cb.issuers = vec![emu.issuer()];
+            cb.path = Some("/api/calls".into());
+            let public = config
+                .callback
+                .public_url
+                .clone()
+                .unwrap_or_else(|| local.clone());
+            _emulator = Some(emu);
+            (client, cb, listener, Some(local), Some(public))
+        }
+        GraphMode::Live => {
+            let client = GraphClient::from_config(&config.graph).context("graph")?;
+            let client_id = config.graph.client_id.clone().unwrap_or_default();
+            let cb = CallbackOptions::from_config(&config.callback, &client_id)?;
+            let addr: SocketAddr = config.callback.listen.parse().with_context(|| {
+                format!(
+                    "callback.listen {:?} is not an address",
+                    config.callback.listen
+                )
+            })?;
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (callback.listen)"))?;
+            let public = config.effective_public_url();
+            (client, cb, listener, None, public)
+        }
+    };
+    config.callback.public_url = public_url.clone();
+
+    // Notifications → the controller.
+    let (notif_tx, mut notif_rx) = mpsc::channel(4096);
+    let tls = config.callback.tls.clone();
+    let cb_shutdown = shutdown();
+    let callback_task = tokio::spawn(async move {
+        if let Err(e) = crate::callback::start(
+            callback_listener,
+            tls.as_ref(),
+            callback_opts,
+            notif_tx,
+            cb_shutdown,
+        )
+        .await
+        {
+            tracing::error!("callback listener: {e:#}");
+        }
+    });
+
+    // The calls directory.
+    let source_dir = calls_dir.clone();
+    let source_opts = SourceOptions::from_config(&config.daemon);
+    let (source_guard, mut snapshots) =
+        tokio::task::spawn_blocking(move || watch_dir(source_dir, source_opts))
+            .await
+            .expect("source task")?;
+
+    let (events_tx, mut events_rx) = mpsc::channel::<Event>(1024);
+    let once = args.once.then_some(args.timeout);
+    let rt = Runtime {
+        jitter_seed: jitter_seed(&state_dir)?,
+        config,
+        calls_dir,
+        state_dir,
+        public_url,
+        sandbox_callback,
+        client: Arc::new(client),
+        ledger: ledger.clone(),
+        once,
+    };
+    let mut controller = Controller::new(rt, events_tx);
+    let first = snapshots.borrow_and_update().clone();
+    controller.load_snapshot(&first);
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let once_deadline = once.map(|t| tokio::time::Instant::now() + t);
+    let mut prune_at = tokio::time::Instant::now();
+
+    let exit = loop {
+        let wake = controller.decide().await?;
+        if once.is_some()
+            && let Some(runs) = controller.once_done().await?
+        {
+            break Exit::Once(runs);
+        }
+        if tokio::time::Instant::now() >= prune_at {
+            let cutoff = Timestamp::now()
+                - jiff::SignedDuration::try_from(controller_retention(&controller))
+                    .unwrap_or_default();
+            match with_ledger(&ledger, move |l| l.prune(cutoff)).await {
+                Ok(n) if n > 0 => tracing::info!(pruned = n, "old runs pruned from the ledger"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot prune the ledger"),
+            }
+            prune_at = tokio::time::Instant::now() + Duration::from_secs(3600);
+        }
+        let sleep_for = wake
+            .map(|w| {
+                let d = w.duration_since(Timestamp::now());
+                Duration::try_from(d).unwrap_or(Duration::ZERO)
+            })
+            .unwrap_or(Duration::from_secs(3600));
+        let mut sleep_until = tokio::time::Instant::now() + sleep_for;
+        if let Some(d) = once_deadline {
+            sleep_until = sleep_until.min(d);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(sleep_until) => {
+                if let Some(d) = once_deadline && tokio::time::Instant::now() >= d {
+                    break Exit::OnceTimeout(controller.watched_runs().await);
+                }
+            }
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    anyhow::bail!("the source stopped watching {}", controller.rt.calls_dir.display());
+                }
+                let snap = snapshots.borrow_and_update().clone();
+                controller.load_snapshot(&snap);
+            }
+            Some(inbound) = notif_rx.recv() => {
+                controller.on_notification(inbound).await;
+                // take what else is queued before deciding again
+                while let Ok(more) = notif_rx.try_recv() {
+                    controller.on_notification(more).await;
+                }
+            }
+            Some(event) = events_rx.recv() => {
+                controller.on_event(event).await;
+                while let Ok(more) = events_rx.try_recv() {
+                    controller.on_event(more).await;
+                }
+            }
+            _ = sigterm.recv() => break Exit::Signal,
+            _ = sigint.recv() => break Exit::Signal,
+            _ = sighup.recv() => {
+                tracing::info!("SIGHUP: rescanning the calls directory");
+                source_guard.request_rescan();
+            }
+        }
+    };
+
+    tracing::info!(
+        status = controller.status_line(),
+        "stopping: no new placements"
+    );
+    let _ = shutdown_tx.send(true);
+    // let request tasks that are already running record their result
+    let drain_until = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !controller.in_flight.is_empty() && tokio::time::Instant::now() < drain_until {
+        match tokio::time::timeout_at(drain_until, events_rx.recv()).await {
+            Ok(Some(ev)) => controller.on_event(ev).await,
+            _ => break,
+        }
+    }
+    let _ = callback_task.await;
+    drop(source_guard);
+    let code = match exit {
+        Exit::Signal => 0,
+        Exit::Once(runs) => print_once(&runs, false),
+        Exit::OnceTimeout(runs) => print_once(&runs, true),
+    };
+    tracing::info!("stopped");
+    Ok(code)
+}
+
+fn controller_retention(c: &Controller) -> Duration {
+    c.rt.config.daemon.history_retention
+}
+
+/// `--once`: one line per run placed, exit 0 only if all completed.
+fn print_once(runs: &[crate::ledger::Run], timed_out: bool) -> u8 {
+    let mut ok = !timed_out;
+    if runs.is_empty() {
+        println!("nothing was due");
+    }
+    for r in runs {
+        let outcome = r.outcome.map(|o| o.as_str()).unwrap_or(r.state.as_str());
+        if r.outcome != Some(crate::ledger::Outcome::Completed) {
+            ok = false;
+        }
+        println!(
+            "{}\t{}\t{}\t{}",
+            r.spec,
+            r.id,
+            outcome,
+            r.reason.as_deref().unwrap_or("")
+        );
+    }
+    if timed_out {
+        eprintln!("calld run --once: timed out before every call reached an outcome");
+    }
+    u8::from(!ok)
+}
