@@ -479,6 +479,29 @@ mod tests {
     }
 
     #[test]
+    fn build_info_is_this_build() {
+        assert!(!crate::GIT_COMMIT.is_empty());
+        assert!(
+            crate::GIT_COMMIT
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)),
+            "{}",
+            crate::GIT_COMMIT
+        );
+        assert_eq!(
+            crate::VERSION_LONG,
+            format!("{} ({})", env!("CARGO_PKG_VERSION"), crate::GIT_COMMIT)
+        );
+        let text = Metrics::new().encode();
+        let series = format!(
+            "calld_build_info{{version=\"{}\",commit=\"{}\"}}",
+            env!("CARGO_PKG_VERSION"),
+            crate::GIT_COMMIT
+        );
+        assert_eq!(sample(&text, &series), Some(1.0), "{text}");
+    }
+
+    #[test]
     fn openmetrics_ends_with_eof() {
         let m = Metrics::new();
         m.run_finished("completed");
