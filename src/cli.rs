@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::config::{ApiVersion, Config};
 use crate::spec::files::{MAX_SPEC_FILE_BYTES, list_spec_files};
-use crate::spec::{Context, Diagnostic, Input, Severity, SpecSet, load_set};
+use crate::spec::{Context, Diagnostic, Input, SetBuilder, Severity, SpecSet};
 
 /// Output formats of `check` and `plan`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,10 +42,12 @@ pub fn read_limited(path: &Path) -> Result<Vec<u8>, String> {
 /// The files named on a command line: directories are walked, files are
 /// taken as they are. A file inside `calls_dir` is named relative to it (so
 /// its default spec name matches the daemon's).
-/// A file read for loading: (label, path relative to the calls dir, bytes).
-type ReadFile = (String, String, Result<Vec<u8>, String>);
+/// A file to load: (label, path relative to the calls dir, the path to read
+/// or the error met listing it). Files are read one at a time while
+/// loading, so a directory of 10,000 specs is never all in memory at once.
+type ToRead = (String, String, Result<PathBuf, String>);
 
-fn collect_inputs(paths: &[PathBuf], calls_dir: &Path) -> Result<Vec<ReadFile>, String> {
+fn collect_inputs(paths: &[PathBuf], calls_dir: &Path) -> Result<Vec<ToRead>, String> {
     let mut out = Vec::new();
     let calls_canon = std::fs::canonicalize(calls_dir).ok();
     for path in paths {
@@ -60,30 +62,38 @@ fn collect_inputs(paths: &[PathBuf], calls_dir: &Path) -> Result<Vec<ReadFile>, 
                     Err(p.message),
                 ));
             }
+            // a folder inside the calls directory: names relative to the
+            // calls directory, as the daemon gives them (`team-a/standup`)
+            let prefix = rel_to_calls_dir(path, calls_canon.as_deref()).filter(|p| !p.is_empty());
             for f in files {
                 let label = f.path.display().to_string();
-                let bytes = read_limited(&f.path);
-                out.push((label, f.rel, bytes));
+                let rel = match &prefix {
+                    Some(p) => format!("{p}/{}", f.rel),
+                    None => f.rel,
+                };
+                out.push((label, rel, Ok(f.path)));
             }
         } else {
             let label = path.display().to_string();
-            let rel = std::fs::canonicalize(path)
-                .ok()
-                .zip(calls_canon.as_ref())
-                .and_then(|(c, root)| {
-                    c.strip_prefix(root)
-                        .ok()
-                        .map(|r| r.to_string_lossy().replace('\\', "/"))
-                })
+            let rel = rel_to_calls_dir(path, calls_canon.as_deref())
+                .filter(|r| !r.is_empty())
                 .unwrap_or_else(|| {
                     path.file_name()
                         .map(|n| n.to_string_lossy().into_owned())
                         .unwrap_or_default()
                 });
-            out.push((label, rel, read_limited(path)));
+            out.push((label, rel, Ok(path.clone())));
         }
     }
     Ok(out)
+}
+
+/// `path` relative to the (canonical) calls directory, `/`-separated, when
+/// it lies inside it.
+fn rel_to_calls_dir(path: &Path, calls_canon: Option<&Path>) -> Option<String> {
+    let canon = std::fs::canonicalize(path).ok()?;
+    let rel = canon.strip_prefix(calls_canon?).ok()?;
+    Some(rel.to_string_lossy().replace('\\', "/"))
 }
 
 /// Loads and validates the given paths (default: the calls directory).
@@ -101,14 +111,19 @@ pub fn load_paths(paths: &[PathBuf], config: &Config, now: Timestamp) -> Result<
         public_url: public_url.as_deref(),
         now,
     };
-    Ok(load_set(
-        inputs.iter().map(|(label, rel, bytes)| Input {
-            label: label.clone(),
-            rel: rel.clone(),
-            bytes: bytes.as_deref().map_err(Clone::clone),
-        }),
-        &ctx,
-    ))
+    let mut builder = SetBuilder::default();
+    for (label, rel, path) in inputs {
+        let bytes = path.and_then(|p| read_limited(&p));
+        builder.add_input(
+            Input {
+                label,
+                rel,
+                bytes: bytes.as_deref().map_err(Clone::clone),
+            },
+            &ctx,
+        );
+    }
+    Ok(builder.finish())
 }
 
 fn print_text_diagnostics(out: &mut impl Write, diags: &[Diagnostic]) {

@@ -35,6 +35,7 @@
 pub mod admin;
 pub mod callback;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod duration;

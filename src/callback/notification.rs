@@ -546,8 +546,8 @@ mod tests {
     #[test]
     fn not_notifications() {
         use ParseError::*;
-        type Case<'a> = (&'a [u8], fn(&ParseError) -> bool);
-        let cases: &[Case] = &[
+        type Check = fn(&ParseError) -> bool;
+        let cases: &[(&[u8], Check)] = &[
             (b"", |e| matches!(e, Json(_))),
             (b"{", |e| matches!(e, Json(_))),
             (b"\xff\xfe", |e| matches!(e, Json(_))),

@@ -126,7 +126,7 @@ impl Controller {
         let ctx = Context {
             defaults: &self.rt.config.defaults,
             public_url: self.rt.public_url.as_deref(),
-            now: Timestamp::now(),
+            now: crate::clock::now(),
         };
         let mut set = load_set(
             snap.files.values().map(|f| SpecInput {
@@ -181,7 +181,7 @@ impl Controller {
     /// One decision: snapshot the ledger, reconcile, apply. Returns when to
     /// decide again.
     pub(crate) async fn decide(&mut self) -> anyhow::Result<Option<Timestamp>> {
-        let now = Timestamp::now();
+        let now = crate::clock::now();
         let (runs, progress, latest, last_slots) = with_ledger(&self.rt.ledger, |l| {
             let runs = l.open_runs()?;
             let progress = l.open_run_progress()?;
@@ -254,7 +254,7 @@ impl Controller {
         action: Action,
         inserted: &mut HashMap<RunKey, Run>,
     ) -> anyhow::Result<()> {
-        let now = Timestamp::now();
+        let now = crate::clock::now();
         match action {
             Action::Insert { run } => {
                 let key = run.key.clone();
@@ -322,9 +322,15 @@ impl Controller {
                 self.spawn_call_op(id, call_id, "keepAlive", String::new());
             }
             Action::Place { id, key } => {
-                let id = match id.or_else(|| inserted.get(&key).map(|r| r.id.clone())) {
+                let id = match id {
                     Some(id) => id,
-                    None => anyhow::bail!("place: no run for {key:?}"),
+                    // inserted by this decision: only a run still scheduled
+                    // is placed (an old revision's finished run is not)
+                    None => match inserted.get(&key) {
+                        Some(r) if r.state == ledger::RunState::Scheduled => r.id.clone(),
+                        Some(_) => return Ok(()),
+                        None => anyhow::bail!("place: no run for {key:?}"),
+                    },
                 };
                 self.place(id, key).await?;
             }
@@ -341,7 +347,7 @@ impl Controller {
         let Some(spec) = self.specs.specs.get(&key.spec).cloned() else {
             anyhow::bail!("place: spec {} is gone", key.spec);
         };
-        let now = Timestamp::now();
+        let now = crate::clock::now();
         let id2 = id.clone();
         // The run row says `requesting` on disk before the request leaves.
         let attempt =
@@ -409,7 +415,7 @@ impl Controller {
                 self.ops_in_flight.remove(&(run.clone(), op));
                 if gone && op == "keepAlive" {
                     // 404: the call is gone; record its end as Graph would have.
-                    let now = Timestamp::now();
+                    let now = crate::clock::now();
                     let update = CallStateUpdate {
                         state: ledger::CallState::Terminated,
                         call_id: None,
@@ -430,7 +436,7 @@ impl Controller {
 
     /// A validated notification from the callback listener.
     pub(crate) async fn on_notification(&mut self, inbound: Inbound) {
-        let now = Timestamp::now();
+        let now = crate::clock::now();
         for event in inbound.events {
             let Some(state) = event.state.as_ref() else {
                 continue;
@@ -563,7 +569,7 @@ async fn record_create(
     let id = id.to_string();
     let spec_name = spec.name.clone();
     with_ledger(ledger, move |l| {
-        let now = Timestamp::now();
+        let now = crate::clock::now();
         let final_disposition = match &result.outcome {
             CreateOutcome::Placed { .. } => Disposition::Placed,
             CreateOutcome::Rejected { .. } => Disposition::Rejected,
@@ -652,7 +658,7 @@ pub fn specs_report(set: &SpecSet) -> serde_json::Value {
         })
         .collect();
     json!({
-        "updatedAt": Timestamp::now().to_string(),
+        "updatedAt": crate::clock::now().to_string(),
         "files": set.file_count,
         "specs": specs,
         "invalidNames": set.invalid_names,

@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use jiff::Timestamp;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
@@ -189,10 +188,11 @@ async fn run_async(mut config: Config, args: RunArgs) -> anyhow::Result<u8> {
         .with_context(|| format!("cannot create the state directory {}", state_dir.display()))?;
     let calls_dir = config.calls_dir();
     let ledger_dir = state_dir.clone();
-    let ledger =
-        tokio::task::spawn_blocking(move || SqliteLedger::open_in(&ledger_dir, Timestamp::now()))
-            .await
-            .expect("ledger open task")?;
+    let ledger = tokio::task::spawn_blocking(move || {
+        SqliteLedger::open_in(&ledger_dir, crate::clock::now())
+    })
+    .await
+    .expect("ledger open task")?;
     for id in ledger.recovered() {
         tracing::warn!(run = %id, outcome = "unknown", "run was in flight when the daemon stopped; recorded as unknown (never re-sent)");
     }
@@ -278,17 +278,27 @@ async fn run_async(mut config: Config, args: RunArgs) -> anyhow::Result<u8> {
 
     // Notifications → the controller.
     let (notif_tx, mut notif_rx) = mpsc::channel(4096);
-    let tls = config.callback.tls.clone();
+    // TLS and the signing keys are loaded before the first call is placed,
+    // so a bad certificate stops the start and the first notifications
+    // validate.
+    let tls = config
+        .callback
+        .tls
+        .as_ref()
+        .map(crate::callback::load_tls)
+        .transpose()?;
+    let callback_state = crate::callback::CallbackState::new(callback_opts, notif_tx)?;
+    if let Some(keys) = callback_state.keys()
+        && let Err(e) = keys.refresh().await
+    {
+        tracing::warn!(
+            "cannot load the notification signing keys yet (retrying in the background): {e:#}"
+        );
+    }
     let cb_shutdown = shutdown();
     let callback_task = tokio::spawn(async move {
-        if let Err(e) = crate::callback::start(
-            callback_listener,
-            tls.as_ref(),
-            callback_opts,
-            notif_tx,
-            cb_shutdown,
-        )
-        .await
+        if let Err(e) =
+            crate::callback::serve(callback_listener, tls, callback_state, cb_shutdown).await
         {
             tracing::error!("callback listener: {e:#}");
         }
@@ -333,7 +343,7 @@ async fn run_async(mut config: Config, args: RunArgs) -> anyhow::Result<u8> {
             break Exit::Once(runs);
         }
         if tokio::time::Instant::now() >= prune_at {
-            let cutoff = Timestamp::now()
+            let cutoff = crate::clock::now()
                 - jiff::SignedDuration::try_from(controller_retention(&controller))
                     .unwrap_or_default();
             match with_ledger(&ledger, move |l| l.prune(cutoff)).await {
@@ -345,7 +355,7 @@ async fn run_async(mut config: Config, args: RunArgs) -> anyhow::Result<u8> {
         }
         let sleep_for = wake
             .map(|w| {
-                let d = w.duration_since(Timestamp::now());
+                let d = w.duration_since(crate::clock::now());
                 Duration::try_from(d).unwrap_or(Duration::ZERO)
             })
             .unwrap_or(Duration::from_secs(3600));

@@ -21,6 +21,7 @@
 //! increasing order.
 
 use std::str::FromStr;
+use std::sync::Arc;
 
 use croner::Cron;
 use jiff::civil::DateTime;
@@ -42,7 +43,9 @@ pub struct CronExpr {
     /// As written (trimmed), for display and error messages.
     text: String,
     /// The numeric pattern handed to croner (names and macros expanded).
-    cron: Box<Cron>,
+    /// Shared: croner's `Cron` is ~5.6 KB of bitfields, and clones of one
+    /// expression (calld's validator memoises parsed lines) need not copy it.
+    cron: Arc<Cron>,
     /// Vixie's "wildcard job": the minute or hour field starts with `*`.
     interval: bool,
 }
@@ -149,22 +152,29 @@ impl CronExpr {
         }
         let mut numeric = Vec::with_capacity(5);
         for (i, raw) in fields.iter().enumerate() {
-            let field = normalize_field(i, raw).map_err(|why| field_error(i, raw, &why))?;
-            // Let croner check the field on its own so that its complaint
-            // can be pinned to this field.
-            let mut probe = ["*"; 5];
-            probe[i] = &field;
-            if let Err(e) = Cron::from_str(&probe.join(" ")) {
-                return Err(field_error(i, raw, &croner_reason(&e)));
-            }
-            numeric.push(field);
+            numeric.push(normalize_field(i, raw).map_err(|why| field_error(i, raw, &why))?);
         }
-        let pattern = numeric.join(" ");
-        let cron = Cron::from_str(&pattern)
-            .map_err(|e| format!("cron expression `{text}`: {}; {EXAMPLE}", croner_reason(&e)))?;
+        let cron = match Cron::from_str(&numeric.join(" ")) {
+            Ok(cron) => cron,
+            Err(e) => {
+                // Let croner check each field on its own so that its
+                // complaint can be pinned to a field.
+                for (i, field) in numeric.iter().enumerate() {
+                    let mut probe = ["*"; 5];
+                    probe[i] = field;
+                    if let Err(e) = Cron::from_str(&probe.join(" ")) {
+                        return Err(field_error(i, fields[i], &croner_reason(&e)));
+                    }
+                }
+                return Err(format!(
+                    "cron expression `{text}`: {}; {EXAMPLE}",
+                    croner_reason(&e)
+                ));
+            }
+        };
         let expr = CronExpr {
             text: text.to_string(),
-            cron: Box::new(cron),
+            cron: Arc::new(cron),
             interval: fields[0].starts_with('*') || fields[1].starts_with('*'),
         };
         expr.check_matches_some_date()?;
@@ -444,6 +454,7 @@ fn normalize_field(index: usize, raw: &str) -> Result<String, String> {
         if c.is_ascii_digit() || "*,-/".contains(c) || extra.contains(c) {
             out.push(c);
         } else {
+            let c = raw[i..].chars().next().unwrap_or(c);
             return Err(format!("unexpected character `{c}`"));
         }
         i += 1;

@@ -258,17 +258,30 @@ pub fn parse_timezone(name: &str) -> Result<TimeZone, String> {
 /// The known zone name nearest to `name` by edit distance, if near enough to
 /// be a typo.
 fn closest_zone_name(name: &str) -> Option<String> {
+    // Listing the database walks the zoneinfo directory: do it once.
+    static NAMES: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+    let names = NAMES.get_or_init(|| {
+        jiff::tz::db()
+            .available()
+            .map(|n| (n.as_str().to_ascii_lowercase(), n.as_str().to_string()))
+            .collect()
+    });
     let wanted = name.to_ascii_lowercase();
-    let mut best: Option<(usize, String)> = None;
-    for candidate in jiff::tz::db().available() {
-        let candidate = candidate.as_str();
-        let distance = edit_distance(&wanted, &candidate.to_ascii_lowercase());
-        if best.as_ref().is_none_or(|(d, _)| distance < *d) {
-            best = Some((distance, candidate.to_string()));
+    if wanted.len() > 64 {
+        return None;
+    }
+    let mut best: Option<(usize, &str)> = None;
+    for (lower, candidate) in names {
+        if lower.len().abs_diff(wanted.len()) > 3 {
+            continue;
+        }
+        let distance = edit_distance(&wanted, lower);
+        if best.is_none_or(|(d, _)| distance < d) {
+            best = Some((distance, candidate));
         }
     }
     best.filter(|(d, _)| *d <= 3 && *d * 3 < name.len())
-        .map(|(_, n)| n)
+        .map(|(_, n)| n.to_string())
 }
 
 fn edit_distance(a: &str, b: &str) -> usize {

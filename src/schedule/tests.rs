@@ -426,3 +426,32 @@ proptest! {
         prop_assert_eq!(got, want, "pattern {} in {} from {}", pattern, ZONES[zone], from);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Whatever is written, parsing answers Ok or a message, never a panic,
+    /// and an accepted pattern always has a next run.
+    #[test]
+    fn parsing_never_panics(
+        text in prop_oneof![
+            "[0-9*/,LW#?a-zA-Z@ -]{0,40}",
+            "([0-9]{1,12}|\\*|\\*/[0-9]{1,6}|[0-9]{1,3}-[0-9]{1,3}(/[0-9]{1,3})?|[a-zA-Z]{1,4}|L|[0-9]L|[0-9]#[0-9]|[0-9]{1,2}W)( ([0-9]{1,12}|\\*|\\*/[0-9]{1,6}|[0-9]{1,3}-[0-9]{1,3}|[a-zA-Z]{3}(-[a-zA-Z]{3})?|L|[0-9]L|[0-9]#[0-9]|[0-9]{1,2}W)){4}",
+            "\\PC{0,30}",
+        ],
+        zone in 0usize..ZONES.len(),
+    ) {
+        let tz = TimeZone::get(ZONES[zone]).unwrap();
+        let _ = parse_time(&text, &tz);
+        let _ = parse_deadline(&text);
+        let _ = text.parse::<Concurrency>();
+        let _ = parse_timezone(&text);
+        if let Ok(expr) = CronExpr::parse(&text) {
+            let s = Schedule::new(Trigger::Cron(expr), ZONES[zone]).unwrap();
+            prop_assert!(s.next_after(ts("2026-01-01T00:00:00Z")).is_some(), "{}", text);
+        } else {
+            let err = CronExpr::parse(&text).unwrap_err();
+            prop_assert!(!err.is_empty());
+        }
+    }
+}

@@ -183,7 +183,10 @@ fn yaml_message(text: &str, pos: Pos, message: &str) -> String {
     if tabbed && (message.contains("tab") || message.contains("indent") || line.starts_with('\t')) {
         return format!("{message}: YAML does not allow tabs for indentation; indent with spaces");
     }
-    if message.contains("budget") || message.contains("recursion limit") {
+    if message.contains("budget")
+        || message.contains("recursion limit")
+        || message.contains("too large or too complex")
+    {
         return format!(
             "{message}: the document is nested too deeply or uses too many aliases for a call spec"
         );
@@ -205,10 +208,28 @@ pub fn load_set<'b, I>(files: I, ctx: &Context) -> SpecSet
 where
     I: IntoIterator<Item = Input<'b>>,
 {
-    let mut set = SpecSet::default();
-    let mut by_name: BTreeMap<String, Vec<Spec>> = BTreeMap::new();
+    let mut builder = SetBuilder::default();
     for input in files {
-        set.file_count += 1;
+        builder.add_input(input, ctx);
+    }
+    builder.finish()
+}
+
+/// [`load_set`] one file at a time, so a caller can read, load and drop
+/// each file's bytes in turn instead of holding the whole directory.
+#[derive(Debug, Default)]
+pub struct SetBuilder {
+    set: SpecSet,
+    by_name: BTreeMap<String, Vec<Spec>>,
+    // names of invalid documents, with their files: a valid spec sharing a
+    // name with an invalid one is a duplicate too (else fixing the invalid
+    // one would silently stop the valid one)
+    invalid_in: BTreeMap<String, Vec<String>>,
+}
+
+impl SetBuilder {
+    /// Loads one input (its bytes, or the error reading it) and adds it.
+    pub fn add_input(&mut self, input: Input<'_>, ctx: &Context) {
         let load = match input.bytes {
             Ok(bytes) => load_file(&input.label, &input.rel, bytes, ctx),
             Err(e) => {
@@ -229,54 +250,86 @@ where
                 load
             }
         };
+        self.add(load);
+    }
+
+    /// Adds one file's result.
+    pub fn add(&mut self, load: FileLoad) {
+        let set = &mut self.set;
+        set.file_count += 1;
         if load.has_errors() {
-            set.invalid_files.insert(input.label.clone());
+            set.invalid_files.insert(load.file.clone());
+        }
+        for name in &load.invalid_names {
+            self.invalid_in
+                .entry(name.clone())
+                .or_default()
+                .push(load.file.clone());
         }
         set.invalid_names.extend(load.invalid_names);
         set.diagnostics.extend(load.diagnostics);
         for spec in load.specs {
-            by_name.entry(spec.name.clone()).or_default().push(spec);
+            self.by_name
+                .entry(spec.name.clone())
+                .or_default()
+                .push(spec);
         }
     }
-    for (name, specs) in by_name {
-        if specs.len() == 1 {
-            let spec = specs.into_iter().next().expect("one");
-            set.specs.insert(name, spec);
-            continue;
-        }
-        let places: Vec<String> = specs
-            .iter()
-            .map(|s| format!("{}:{}", s.file, s.line))
-            .collect();
-        for s in &specs {
-            let others: Vec<&String> = places
+
+    /// Resolves duplicate names and sorts the findings.
+    pub fn finish(self) -> SpecSet {
+        let SetBuilder {
+            mut set,
+            by_name,
+            invalid_in,
+        } = self;
+        for (name, specs) in by_name {
+            let invalid_files = invalid_in.get(&name);
+            if specs.len() == 1 && invalid_files.is_none() {
+                let spec = specs.into_iter().next().expect("one");
+                set.specs.insert(name, spec);
+                continue;
+            }
+            let places: Vec<String> = specs
                 .iter()
-                .filter(|p| **p != format!("{}:{}", s.file, s.line))
+                .map(|s| format!("{}:{}", s.file, s.line))
                 .collect();
-            let mut d = Diagnostic::new(
-                &s.file,
-                Pos {
-                    line: s.line,
-                    column: 1,
-                },
-                Severity::Error,
-                "name",
-                format!(
-                    "duplicate name `{name}` (also at {}): names are unique across the calls directory; neither runs until one is renamed",
-                    others
-                        .iter()
-                        .map(|s| s.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            );
-            d.spec = Some(name.clone());
-            set.diagnostics.push(d);
-            set.invalid_files.insert(s.file.clone());
+            let invalid_places: Vec<String> = invalid_files
+                .into_iter()
+                .flatten()
+                .map(|f| format!("{f}, which has errors"))
+                .collect();
+            for s in &specs {
+                let others: Vec<&String> = places
+                    .iter()
+                    .filter(|p| **p != format!("{}:{}", s.file, s.line))
+                    .chain(&invalid_places)
+                    .collect();
+                let mut d = Diagnostic::new(
+                    &s.file,
+                    Pos {
+                        line: s.line,
+                        column: 1,
+                    },
+                    Severity::Error,
+                    "name",
+                    format!(
+                        "duplicate name `{name}` (also at {}): names are unique across the calls directory; neither runs until one is renamed",
+                        others
+                            .iter()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                );
+                d.spec = Some(name.clone());
+                set.diagnostics.push(d);
+                set.invalid_files.insert(s.file.clone());
+            }
+            set.invalid_names.insert(name);
         }
-        set.invalid_names.insert(name);
+        set.diagnostics
+            .sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
+        set
     }
-    set.diagnostics
-        .sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
-    set
 }

@@ -17,6 +17,6 @@ pub mod validate;
 pub mod yaml;
 
 pub use diag::{Diagnostic, Severity};
-pub use load::{FileLoad, Input, SpecSet, load_file, load_set};
+pub use load::{FileLoad, Input, SetBuilder, SpecSet, load_file, load_set};
 pub use model::Spec;
 pub use validate::Context;

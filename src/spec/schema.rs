@@ -17,18 +17,7 @@ fn identity() -> Json {
 
 fn identity_set() -> Json {
     let mut props = serde_json::Map::new();
-    for k in [
-        "application",
-        "applicationInstance",
-        "user",
-        "guest",
-        "phone",
-        "device",
-        "encrypted",
-        "onPremises",
-        "assertedIdentity",
-        "azureCommunicationServicesUser",
-    ] {
+    for k in super::validate::IDENTITY_SET_KEYS {
         props.insert(k.to_string(), identity());
     }
     json!({ "type": "object", "properties": props, "additionalProperties": false, "minProperties": 1 })

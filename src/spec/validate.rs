@@ -72,7 +72,7 @@ const GRAPH_NAME_HINTS: &[(&str, &str)] = &[
 
 const SOURCE_KEYS: &[&str] = &["identity", "languageId", "region", "countryCode"];
 /// identitySet keys Graph knows (communications identities included).
-const IDENTITY_SET_KEYS: &[&str] = &[
+pub(crate) const IDENTITY_SET_KEYS: &[&str] = &[
     "application",
     "applicationInstance",
     "user",
@@ -84,6 +84,9 @@ const IDENTITY_SET_KEYS: &[&str] = &[
     "assertedIdentity",
     "azureCommunicationServicesUser",
 ];
+/// Identity properties Graph types as strings (identity and
+/// communicationsUserIdentity).
+const IDENTITY_STRING_KEYS: &[&str] = &["id", "displayName", "tenantId"];
 const MEDIA_KEYS: &[&str] = &["prefetch", "appHosted"];
 const PREFETCH_KEYS: &[&str] = &["uri", "resourceId"];
 const APP_HOSTED_KEYS: &[&str] = &["blob"];
@@ -404,6 +407,7 @@ impl<'a> Checker<'a> {
             );
             return None;
         };
+        let before = self.diags.len();
         let mut out = Map::new();
         for (k, v) in entries {
             match &v.value {
@@ -414,18 +418,34 @@ impl<'a> Checker<'a> {
                         "identity values must be plain values",
                     );
                 }
+                // Graph types these as Edm.String: a number would be sent
+                // as a JSON number and refused
+                Value::Int(_) | Value::Float(_) | Value::Bool(_)
+                    if IDENTITY_STRING_KEYS.contains(&k.name.as_str()) =>
+                {
+                    self.error(
+                        v.pos,
+                        &join(path, &k.name),
+                        format!(
+                            "`{}` must be a string, found {}: write it in quotes",
+                            k.name,
+                            v.value.kind()
+                        ),
+                    );
+                }
                 value => {
                     out.insert(k.name.clone(), value.to_json());
                 }
             }
         }
-        Some(out)
+        (self.diags.len() == before).then_some(out)
     }
 
     /// An identitySet: `{ user: {...} }`, `{ application: {...} }`, ...
     fn identity_set(&mut self, node: &Node, path: &str) -> Option<Map<String, Json>> {
         let fields = self.fields(node, path, IDENTITY_SET_KEYS)?;
-        if fields.entries.is_empty() {
+        // (an unknown key was reported already: no second error for it)
+        if matches!(&node.value, Value::Map(entries) if entries.is_empty()) {
             self.error(
                 node.pos,
                 path,
@@ -466,7 +486,7 @@ impl<'a> Checker<'a> {
                     format!("`{id}` is not GUID-shaped; Graph expects an Entra object id here"),
                 ),
                 Some(_) => self.error(pos, &join(path, "id"), "the id must be a string"),
-                None => self.error(pos, path, format!("a {kind} identity needs an id")),
+                None => self.error(pos, path, format!("{} {kind} identity needs an id", if kind == "user" { "a" } else { "an" })),
             },
             _ => {}
         }
@@ -783,12 +803,17 @@ fn targets(ck: &mut Checker, node: &Node, path: &str) -> Option<Vec<Target>> {
             ok = false;
             continue;
         };
-        if f.entries.len() != 1 {
+        let unknown_reported = matches!(&item.value, Value::Map(e) if e.len() > f.entries.len());
+        if f.entries.len() != 1 && !(f.entries.is_empty() && unknown_reported) {
             ck.error(
                 item.pos,
                 &p,
                 format!("each target is exactly one of {}", allowed.join(", ")),
             );
+            ok = false;
+            continue;
+        }
+        if f.entries.is_empty() {
             ok = false;
             continue;
         }
@@ -979,7 +1004,7 @@ fn chat(ck: &mut Checker, node: &Node, path: &str) -> Option<Map<String, Json>> 
             }
         }
     }
-    if !out.contains_key("threadId") {
+    if !matches!(out.get("threadId"), Some(Json::String(t)) if !t.trim().is_empty()) {
         ck.error(
             node.pos,
             &join(path, "threadId"),
@@ -1178,7 +1203,7 @@ fn schedule_of(ck: &mut Checker, node: &Node, path: &str, ctx: &Context) -> Opti
         }
         (None, Some(c)) => {
             let text = ck.string(c, &join(path, "cron"))?;
-            match CronExpr::parse(&text) {
+            match parse_cron_memo(&text) {
                 Ok(expr) => Some(Trigger::Cron(expr)),
                 Err(e) => {
                     ck.error(c.pos, &join(path, "cron"), e);
@@ -1237,6 +1262,31 @@ fn schedule_of(ck: &mut Checker, node: &Node, path: &str, ctx: &Context) -> Opti
         concurrency: concurrency?,
         jitter: jitter?,
         until: until?,
+    })
+}
+
+/// [`CronExpr::parse`], memoised per thread. Parsing a cron line is the
+/// costliest step of validating a spec (croner checks each field on its own,
+/// then the whole line), and a calls directory repeats a few lines many
+/// times. A clone shares the parsed pattern. Bounded: cleared at 1,024 lines.
+fn parse_cron_memo(text: &str) -> Result<CronExpr, String> {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    thread_local! {
+        static MEMO: RefCell<HashMap<String, Result<CronExpr, String>>> =
+            RefCell::new(HashMap::new());
+    }
+    MEMO.with(|memo| {
+        if let Some(hit) = memo.borrow().get(text) {
+            return hit.clone();
+        }
+        let parsed = CronExpr::parse(text);
+        let mut memo = memo.borrow_mut();
+        if memo.len() >= 1024 {
+            memo.clear();
+        }
+        memo.insert(text.to_string(), parsed.clone());
+        parsed
     })
 }
 

@@ -267,21 +267,41 @@ pub fn parse_documents(text: &str) -> Result<Vec<Option<Node>>, YamlError> {
         .collect())
 }
 
-/// serde-saphyr's message without its rendered snippet (calld prints its
-/// own `file:line:col:` prefix).
+/// serde-saphyr's user-facing message, without its rendered snippet and
+/// without the "line X column Y" it would prefix (calld prints its own
+/// `file:line:col:`), and without the developer advice its default
+/// formatter gives ("set DuplicateKeyPolicy in Options").
 fn clean_message(e: &serde_saphyr::Error) -> String {
-    let full = e.to_string();
-    let first = full.lines().next().unwrap_or("").trim();
-    // drop a trailing " at line X column Y" the library may add
-    let msg = match first.find(" at line ") {
-        Some(i) => &first[..i],
-        None => first,
-    };
+    use serde_saphyr::MessageFormatter;
+    let raw = serde_saphyr::UserMessageFormatter
+        .format_message(e.without_snippet())
+        .into_owned();
+    let first = raw.lines().next().unwrap_or("").trim();
+    let msg = strip_location(first);
     if msg.is_empty() {
         "invalid YAML".to_string()
     } else {
         msg.to_string()
     }
+}
+
+/// Drops a leading `error: ` / `line X column Y: ` and a trailing
+/// ` at line X column Y`, whichever the library put in.
+fn strip_location(text: &str) -> &str {
+    let mut msg = text.trim();
+    msg = msg.strip_prefix("error: ").unwrap_or(msg);
+    if let Some(rest) = msg.strip_prefix("line ")
+        && let Some(colon) = rest.find(": ")
+        && rest[..colon]
+            .split(" column ")
+            .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    {
+        msg = &rest[colon + 2..];
+    }
+    if let Some(i) = msg.find(" at line ") {
+        msg = &msg[..i];
+    }
+    msg.trim()
 }
 
 #[cfg(test)]
