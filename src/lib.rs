@@ -25,7 +25,14 @@
 //! - [`cli`]: the `check`, `render`, `plan` and `schema` commands.
 //! - [`daemon`]: `calld run`: wires everything together around [`reconcile`].
 //! - [`status`]: `calld status` and `calld history`, reading the ledger.
+//!
+//! Operating it:
+//! - [`systemd`]: `sd_notify` readiness, status, watchdog and reload messages.
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/v1/specs`, `/v1/runs`.
+//! - [`metrics`]: the typed Prometheus registry.
+//! - [`logging`]: text, JSON and journald logs, level reloadable at run time.
 
+pub mod admin;
 pub mod callback;
 pub mod cli;
 pub mod clock;
@@ -35,9 +42,24 @@ pub mod duration;
 pub mod emulator;
 pub mod graph;
 pub mod ledger;
+pub mod logging;
+pub mod metrics;
 pub mod plan;
 pub mod reconcile;
 pub mod schedule;
 pub mod source;
 pub mod spec;
 pub mod status;
+pub mod systemd;
+
+/// The git commit calld was built from (`git rev-parse --short HEAD`, or
+/// `$CALLD_GIT_COMMIT` at build time, else "unknown").
+pub const GIT_COMMIT: &str = env!("CALLD_GIT_COMMIT");
+
+/// The long version for `calld --version`: "0.1.0 (abc1234)".
+pub const VERSION_LONG: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("CALLD_GIT_COMMIT"),
+    ")"
+);

@@ -1,0 +1,512 @@
+//! calld's Prometheus metrics: one typed registry, served at the admin
+//! endpoint's `/metrics`.
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `calld_runs_total` | counter | `outcome` (SPEC 4: `completed`, `notEstablished`, ...) |
+//! | `calld_graph_requests_total` | counter | `operation`, `status` (HTTP status, or `error` when no response) |
+//! | `calld_graph_request_duration_seconds` | histogram | `operation` |
+//! | `calld_token_refreshes_total` | counter | `result` (`ok` / `error`) |
+//! | `calld_notifications_total` | counter | `result` (`accepted`, `unauthorized`, `tooLarge`, `invalid`, `unmatched`, ...) |
+//! | `calld_spec_files` | gauge | `state` (`valid` / `invalid`) |
+//! | `calld_watcher_rescans_total` | counter | |
+//! | `calld_next_run_lag_seconds` | gauge | how late the last placement was vs its due time |
+//! | `calld_calls_up` | gauge | calls currently established |
+//! | `calld_build_info` | gauge (always 1) | `version`, `commit` |
+//!
+//! Label values come from the daemon's own vocabulary (outcomes, operation
+//! names, HTTP statuses), never from spec content, so cardinality stays small.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
+use std::sync::atomic::AtomicU64;
+
+/// `Content-Type` of [`Metrics::encode`]: the Prometheus text format 0.0.4,
+/// which every Prometheus and `promtool check metrics` read.
+pub const CONTENT_TYPE_TEXT: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// `Content-Type` of [`Metrics::encode_openmetrics`].
+pub const CONTENT_TYPE_OPENMETRICS: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The run outcomes of SPEC 4, pre-created at zero so that `rate()` and
+/// alerts see every series from the start.
+pub const OUTCOMES: [&str; 8] = [
+    "completed",
+    "notEstablished",
+    "rejected",
+    "failed",
+    "unknown",
+    "missed",
+    "skipped",
+    "canceled",
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    operation: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+    commit: String,
+}
+
+type F64Gauge = Gauge<f64, AtomicU64>;
+
+/// Latency buckets for Graph requests: 10 ms to ~41 s, doubling.
+fn request_histogram() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.01, 2.0, 13,
+    ))
+}
+
+/// The daemon's metrics. Cheap to clone (every handle is shared); all
+/// methods take `&self` and may be called from any thread.
+#[derive(Clone)]
+pub struct Metrics {
+    /// The registry, for encoding; written only in [`Metrics::new`].
+    registry: Arc<Registry>,
+    runs: Family<OutcomeLabels, Counter>,
+    graph_requests: Family<RequestLabels, Counter>,
+    graph_duration: Family<OperationLabels, Histogram, fn() -> Histogram>,
+    token_refreshes: Family<ResultLabels, Counter>,
+    notifications: Family<ResultLabels, Counter>,
+    spec_files: Family<StateLabels, Gauge>,
+    watcher_rescans: Counter,
+    next_run_lag: F64Gauge,
+    calls_up: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with calld's metrics and this build's `calld_build_info`.
+    pub fn new() -> Self {
+        Self::with_build_info(env!("CARGO_PKG_VERSION"), crate::GIT_COMMIT)
+    }
+
+    /// As [`Metrics::new`], with an explicit version and commit (tests).
+    pub fn with_build_info(version: &str, commit: &str) -> Self {
+        let mut registry = Registry::with_prefix("calld");
+
+        let runs = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "runs",
+            "Runs that reached a final outcome, by outcome",
+            runs.clone(),
+        );
+        for outcome in OUTCOMES {
+            let _ = runs.get_or_create(&OutcomeLabels {
+                outcome: outcome.to_string(),
+            });
+        }
+
+        let graph_requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "graph_requests",
+            "Requests sent to Microsoft Graph, by operation and HTTP status (error: no response)",
+            graph_requests.clone(),
+        );
+
+        let graph_duration: Family<OperationLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(request_histogram);
+        registry.register_with_unit(
+            "graph_request_duration",
+            "Time from sending a Graph request to its response or error",
+            Unit::Seconds,
+            graph_duration.clone(),
+        );
+
+        let token_refreshes = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "token_refreshes",
+            "Access token requests to the authority, by result",
+            token_refreshes.clone(),
+        );
+
+        let notifications = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "notifications",
+            "Notifications received on the callback listener, by result",
+            notifications.clone(),
+        );
+
+        let spec_files = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "spec_files",
+            "Spec files in the calls directory, by state (valid or invalid)",
+            spec_files.clone(),
+        );
+        for state in ["valid", "invalid"] {
+            let _ = spec_files.get_or_create(&StateLabels {
+                state: state.to_string(),
+            });
+        }
+
+        let watcher_rescans = Counter::default();
+        registry.register(
+            "watcher_rescans",
+            "Rescans of the calls directory (events, overflow or periodic resync)",
+            watcher_rescans.clone(),
+        );
+
+        let next_run_lag = F64Gauge::default();
+        registry.register_with_unit(
+            "next_run_lag",
+            "How late the last placement was compared with its due time",
+            Unit::Seconds,
+            next_run_lag.clone(),
+        );
+
+        let calls_up = Gauge::default();
+        registry.register("calls_up", "Calls currently established", calls_up.clone());
+
+        registry.register(
+            "build",
+            "calld build information",
+            Info::new(BuildLabels {
+                version: version.to_string(),
+                commit: commit.to_string(),
+            }),
+        );
+
+        Metrics {
+            registry: Arc::new(registry),
+            runs,
+            graph_requests,
+            graph_duration,
+            token_refreshes,
+            notifications,
+            spec_files,
+            watcher_rescans,
+            next_run_lag,
+            calls_up,
+        }
+    }
+
+    /// A run reached its final `outcome` (SPEC 4 names: `completed`, ...).
+    pub fn run_finished(&self, outcome: &str) {
+        self.runs
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    /// One Graph request (`operation`: e.g. `createCall`, `deleteCall`,
+    /// `keepAlive`) answered with HTTP `status`, or `None` when no response
+    /// came (network error, timeout), after `elapsed`.
+    pub fn graph_request(&self, operation: &str, status: Option<u16>, elapsed: Duration) {
+        let status = status.map_or_else(|| "error".to_string(), |s| s.to_string());
+        self.graph_requests
+            .get_or_create(&RequestLabels {
+                operation: operation.to_string(),
+                status,
+            })
+            .inc();
+        self.graph_duration
+            .get_or_create(&OperationLabels {
+                operation: operation.to_string(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// One access-token request finished (`ok`: a token was obtained).
+    pub fn token_refresh(&self, ok: bool) {
+        self.token_refreshes
+            .get_or_create(&ResultLabels {
+                result: if ok { "ok" } else { "error" }.to_string(),
+            })
+            .inc();
+    }
+
+    /// One notification request handled, with its `result`
+    /// (`accepted`, `unauthorized`, `tooLarge`, `invalid`, `unmatched`, ...).
+    pub fn notification(&self, result: &str) {
+        self.notifications
+            .get_or_create(&ResultLabels {
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// After a scan: how many spec files are valid and invalid.
+    pub fn set_spec_files(&self, valid: u64, invalid: u64) {
+        for (state, n) in [("valid", valid), ("invalid", invalid)] {
+            self.spec_files
+                .get_or_create(&StateLabels {
+                    state: state.to_string(),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// One rescan of the calls directory.
+    pub fn watcher_rescan(&self) {
+        self.watcher_rescans.inc();
+    }
+
+    /// A run was placed `lag` after its due time (zero when on time).
+    pub fn placement_lag(&self, lag: Duration) {
+        self.next_run_lag.set(lag.as_secs_f64());
+    }
+
+    /// How many calls are established now.
+    pub fn set_calls_up(&self, n: u64) {
+        self.calls_up.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// The Prometheus text format (0.0.4): [`CONTENT_TYPE_TEXT`].
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// The OpenMetrics text format (ends with `# EOF`): [`CONTENT_TYPE_OPENMETRICS`].
+    pub fn encode_openmetrics(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The value of the sample line `name{labels} value`, if present.
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn outcomes_start_at_zero_and_count() {
+        let m = Metrics::with_build_info("9.9.9", "abc1234");
+        let text = m.encode();
+        for o in OUTCOMES {
+            assert_eq!(
+                sample(&text, &format!("calld_runs_total{{outcome=\"{o}\"}}")),
+                Some(0.0),
+                "{o}\n{text}"
+            );
+        }
+        m.run_finished("completed");
+        m.run_finished("completed");
+        m.run_finished("missed");
+        let text = m.encode();
+        assert_eq!(
+            sample(&text, "calld_runs_total{outcome=\"completed\"}"),
+            Some(2.0)
+        );
+        assert_eq!(
+            sample(&text, "calld_runs_total{outcome=\"missed\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(&text, "calld_runs_total{outcome=\"failed\"}"),
+            Some(0.0)
+        );
+    }
+
+    #[test]
+    fn graph_requests_count_and_time() {
+        let m = Metrics::with_build_info("9.9.9", "abc1234");
+        m.graph_request("createCall", Some(201), Duration::from_millis(30));
+        m.graph_request("createCall", Some(429), Duration::from_millis(5));
+        m.graph_request("createCall", None, Duration::from_secs(30));
+        let text = m.encode();
+        for status in ["201", "429", "error"] {
+            assert_eq!(
+                sample(
+                    &text,
+                    &format!(
+                        "calld_graph_requests_total{{operation=\"createCall\",status=\"{status}\"}}"
+                    )
+                ),
+                Some(1.0),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            sample(
+                &text,
+                "calld_graph_request_duration_seconds_count{operation=\"createCall\"}"
+            ),
+            Some(3.0)
+        );
+        // 5 ms falls in the first bucket (10 ms); 30 ms not before 40 ms.
+        assert_eq!(
+            sample(
+                &text,
+                "calld_graph_request_duration_seconds_bucket{operation=\"createCall\",le=\"0.01\"}"
+            ),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "calld_graph_request_duration_seconds_bucket{operation=\"createCall\",le=\"+Inf\"}"
+            ),
+            Some(3.0)
+        );
+        let sum = sample(
+            &text,
+            "calld_graph_request_duration_seconds_sum{operation=\"createCall\"}",
+        )
+        .unwrap();
+        assert!((sum - 30.035).abs() < 1e-9, "{sum}");
+    }
+
+    #[test]
+    fn gauges_and_plain_counters() {
+        let m = Metrics::with_build_info("9.9.9", "abc1234");
+        m.set_spec_files(7, 2);
+        m.set_spec_files(8, 1);
+        m.watcher_rescan();
+        m.placement_lag(Duration::from_millis(1500));
+        m.set_calls_up(3);
+        m.token_refresh(true);
+        m.token_refresh(false);
+        m.notification("accepted");
+        m.notification("unauthorized");
+        m.notification("accepted");
+        let text = m.encode();
+        assert_eq!(
+            sample(&text, "calld_spec_files{state=\"valid\"}"),
+            Some(8.0)
+        );
+        assert_eq!(
+            sample(&text, "calld_spec_files{state=\"invalid\"}"),
+            Some(1.0)
+        );
+        assert_eq!(sample(&text, "calld_watcher_rescans_total"), Some(1.0));
+        assert_eq!(sample(&text, "calld_next_run_lag_seconds"), Some(1.5));
+        assert_eq!(sample(&text, "calld_calls_up"), Some(3.0));
+        assert_eq!(
+            sample(&text, "calld_token_refreshes_total{result=\"error\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(&text, "calld_notifications_total{result=\"accepted\"}"),
+            Some(2.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "calld_build_info{version=\"9.9.9\",commit=\"abc1234\"}"
+            ),
+            Some(1.0),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn every_family_has_help_and_type() {
+        // Families without a series yet (no label set seen) are left out of
+        // the text format, so record one of each first.
+        let m = Metrics::new();
+        m.graph_request("createCall", Some(201), Duration::from_millis(1));
+        m.token_refresh(true);
+        m.notification("accepted");
+        let text = m.encode();
+        for family in [
+            "calld_runs_total",
+            "calld_graph_requests_total",
+            "calld_graph_request_duration_seconds",
+            "calld_token_refreshes_total",
+            "calld_notifications_total",
+            "calld_spec_files",
+            "calld_watcher_rescans_total",
+            "calld_next_run_lag_seconds",
+            "calld_calls_up",
+            "calld_build_info",
+        ] {
+            assert!(
+                text.contains(&format!("# HELP {family} ")),
+                "{family}\n{text}"
+            );
+            assert!(
+                text.contains(&format!("# TYPE {family} ")),
+                "{family}\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn build_info_is_this_build() {
+        assert!(!crate::GIT_COMMIT.is_empty());
+        assert!(
+            crate::GIT_COMMIT
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)),
+            "{}",
+            crate::GIT_COMMIT
+        );
+        assert_eq!(
+            crate::VERSION_LONG,
+            format!("{} ({})", env!("CARGO_PKG_VERSION"), crate::GIT_COMMIT)
+        );
+        let text = Metrics::new().encode();
+        let series = format!(
+            "calld_build_info{{version=\"{}\",commit=\"{}\"}}",
+            env!("CARGO_PKG_VERSION"),
+            crate::GIT_COMMIT
+        );
+        assert_eq!(sample(&text, &series), Some(1.0), "{text}");
+    }
+
+    #[test]
+    fn openmetrics_ends_with_eof() {
+        let m = Metrics::new();
+        m.run_finished("completed");
+        let text = m.encode_openmetrics();
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert!(text.contains("calld_runs_total{outcome=\"completed\"} 1"));
+    }
+}
