@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[derive(Parser)]
 #[command(
     name = "calld",
-    version,
+    version = calld::VERSION_LONG,
     about = "Declarative call orchestration on Microsoft Graph"
 )]
 struct Cli {

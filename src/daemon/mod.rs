@@ -82,6 +82,11 @@ pub struct Runtime {
     pub jitter_seed: u64,
     /// `--once`: place what is due now, wait for the outcomes, exit.
     pub once: Option<Duration>,
+    pub metrics: crate::metrics::Metrics,
+    /// systemd: READY/STATUS/WATCHDOG/RELOADING/STOPPING (no-op outside systemd).
+    pub notifier: crate::systemd::Notifier,
+    /// The latest spec report, served by the admin endpoint's `/v1/specs`.
+    pub specs_json: Arc<Mutex<serde_json::Value>>,
 }
 
 /// The controller: every decision is taken here, one at a time.
@@ -96,6 +101,8 @@ pub(crate) struct Controller {
     events_tx: mpsc::Sender<Event>,
     /// `--once`: the runs placed by this process, to wait for.
     watched: BTreeSet<String>,
+    /// Due times of the open runs of the last decision (for the lag metric).
+    due: HashMap<String, Timestamp>,
     last_status: String,
 }
 
@@ -117,6 +124,7 @@ impl Controller {
             ops_in_flight: HashSet::new(),
             events_tx,
             watched: BTreeSet::new(),
+            due: HashMap::new(),
             last_status: String::new(),
         }
     }
@@ -161,6 +169,11 @@ impl Controller {
             invalid_files = set.invalid_files.len(),
             "calls directory loaded"
         );
+        self.rt.metrics.watcher_rescan();
+        self.rt.metrics.set_spec_files(
+            (set.file_count - set.invalid_files.len()) as u64,
+            set.invalid_files.len() as u64,
+        );
         self.specs = set;
         self.write_specs_report();
     }
@@ -169,6 +182,7 @@ impl Controller {
     /// read by `calld status` (written atomically).
     fn write_specs_report(&self) {
         let report = specs_report(&self.specs);
+        *self.rt.specs_json.lock().unwrap_or_else(|p| p.into_inner()) = report.clone();
         let path = self.rt.state_dir.join(SPECS_REPORT);
         let tmp = self.rt.state_dir.join(format!(".{SPECS_REPORT}.tmp"));
         let result = std::fs::write(&tmp, serde_json::to_vec_pretty(&report).expect("JSON"))
@@ -200,6 +214,7 @@ impl Controller {
             progress.entry(id.clone()).or_default().in_flight = true;
         }
         self.calls.retain(|id, _| runs.iter().any(|r| &r.id == id));
+        self.due = runs.iter().map(|r| (r.id.clone(), r.due_at)).collect();
         let granted = self.granted_roles().await;
         let input = reconcile::Input {
             now,
@@ -282,6 +297,7 @@ impl Controller {
                 .await?;
                 if let Some(run) = done {
                     log_outcome(&run, outcome, &reason);
+                    self.rt.metrics.run_finished(outcome.as_str());
                 }
             }
             Action::Finish {
@@ -296,6 +312,7 @@ impl Controller {
                 })
                 .await?;
                 log_outcome(&run, outcome, &reason);
+                self.rt.metrics.run_finished(outcome.as_str());
             }
             Action::Retry {
                 id, due, reason, ..
@@ -338,6 +355,10 @@ impl Controller {
         Ok(())
     }
 
+    fn due_of(&self, id: &str) -> Option<Timestamp> {
+        self.due.get(id).copied()
+    }
+
     /// Marks the run `requesting` (durable), then sends the create request
     /// from a task of its own.
     async fn place(&mut self, id: String, key: RunKey) -> anyhow::Result<()> {
@@ -353,6 +374,12 @@ impl Controller {
         let attempt =
             with_ledger(&self.rt.ledger, move |l| l.mark_requesting(&id2, None, now)).await?;
         self.in_flight.insert(id.clone());
+        if let Some(due) = self.due_of(&id) {
+            let lag = now.duration_since(due);
+            self.rt
+                .metrics
+                .placement_lag(Duration::try_from(lag).unwrap_or(Duration::ZERO));
+        }
         if self.rt.once.is_some() {
             self.watched.insert(id.clone());
         }
@@ -365,9 +392,18 @@ impl Controller {
         let client = self.rt.client.clone();
         let ledger = self.rt.ledger.clone();
         let events = self.events_tx.clone();
+        let metrics = self.rt.metrics.clone();
         tracing::info!(run = %id, spec = %spec.name, attempt, "placing call");
         tokio::spawn(async move {
             let result = client.create_call(&url, &body).await;
+            for a in &result.attempts {
+                let secs = a.finished_at.duration_since(a.started_at);
+                metrics.graph_request(
+                    "create",
+                    a.status,
+                    Duration::try_from(secs).unwrap_or(Duration::ZERO),
+                );
+            }
             let outcome = result.outcome.as_str();
             if let Err(e) = record_create(&ledger, &id, attempt, &spec, result).await {
                 tracing::error!(run = %id, error = %e, "cannot record the create result");
@@ -383,6 +419,7 @@ impl Controller {
         }
         let client = self.rt.client.clone();
         let events = self.events_tx.clone();
+        let metrics = self.rt.metrics.clone();
         tokio::spawn(async move {
             let result = match op {
                 "hangUp" => {
@@ -391,6 +428,14 @@ impl Controller {
                 }
                 _ => client.keep_alive(&call_id).await,
             };
+            for a in &result.attempts {
+                let secs = a.finished_at.duration_since(a.started_at);
+                metrics.graph_request(
+                    op,
+                    a.status,
+                    Duration::try_from(secs).unwrap_or(Duration::ZERO),
+                );
+            }
             let gone = matches!(result.outcome, crate::graph::CallOpOutcome::Gone { .. });
             match &result.outcome {
                 crate::graph::CallOpOutcome::Done => {
@@ -472,13 +517,17 @@ impl Controller {
             .await;
             match res {
                 Ok(Some(n)) => {
+                    self.rt.metrics.notification("recorded");
                     tracing::debug!(run = %n.run.id, spec = %n.run.spec, state = %event.state.as_ref().map(|s| s.as_str()).unwrap_or(""), change = ?n.change, "notification")
                 }
-                Ok(None) => tracing::info!(
-                    call_id = event.call_id.as_deref().unwrap_or(""),
-                    run = inbound.run_id.as_deref().unwrap_or(""),
-                    "notification for a call calld did not place; ignored"
-                ),
+                Ok(None) => {
+                    self.rt.metrics.notification("unmatched");
+                    tracing::info!(
+                        call_id = event.call_id.as_deref().unwrap_or(""),
+                        run = inbound.run_id.as_deref().unwrap_or(""),
+                        "notification for a call calld did not place; ignored"
+                    )
+                }
                 Err(e) => tracing::warn!(error = %e, "cannot record a notification"),
             }
         }
@@ -508,8 +557,10 @@ impl Controller {
             "{} specs, {invalid} invalid{next}, {up} calls up",
             self.specs.specs.len()
         );
+        self.rt.metrics.set_calls_up(up as u64);
         if status != self.last_status {
             tracing::debug!(status = %status, "status");
+            let _ = self.rt.notifier.status(&status);
             self.last_status = status;
         }
     }

@@ -125,7 +125,13 @@ pub fn run(args: RunArgs) -> u8 {
             return 2;
         }
     };
-    init_logging(&config);
+    let log = match crate::logging::init(config.log.format, &config.log.level) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("calld run: {e:#}");
+            return 2;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -137,7 +143,7 @@ pub fn run(args: RunArgs) -> u8 {
         }
     };
     let _ = rustls::crypto::ring::default_provider().install_default();
-    match runtime.block_on(run_async(config, args)) {
+    match runtime.block_on(run_async(config, args, log)) {
         Ok(code) => code,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -145,26 +151,6 @@ pub fn run(args: RunArgs) -> u8 {
             2
         }
     }
-}
-
-fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(
-            format!("calld={0},{0}", config.log.level).replace(",info", ",warn"),
-        )
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match config.log.format {
-        crate::config::LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        _ => builder
-            .with_ansi(
-                std::io::IsTerminal::is_terminal(&std::io::stderr())
-                    && std::env::var_os("NO_COLOR").is_none(),
-            )
-            .try_init(),
-    };
 }
 
 /// A stable jitter seed per state directory (`<stateDir>/jitter-seed`), so
@@ -182,7 +168,11 @@ fn jitter_seed(state_dir: &Path) -> anyhow::Result<u64> {
     Ok(seed)
 }
 
-async fn run_async(mut config: Config, args: RunArgs) -> anyhow::Result<u8> {
+async fn run_async(
+    mut config: Config,
+    args: RunArgs,
+    log: crate::logging::LogHandle,
+) -> anyhow::Result<u8> {
     let state_dir = config.state_dir();
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("cannot create the state directory {}", state_dir.display()))?;
@@ -314,7 +304,16 @@ async fn run_async(mut config: Config, args: RunArgs) -> anyhow::Result<u8> {
 
     let (events_tx, mut events_rx) = mpsc::channel::<Event>(1024);
     let once = args.once.then_some(args.timeout);
+    let metrics = crate::metrics::Metrics::new();
+    let notifier = crate::systemd::Notifier::from_env();
+    let specs_json = Arc::new(Mutex::new(serde_json::Value::Null));
+    let admin_state = admin_state(&metrics, &specs_json, &ledger);
+    let admin_task = start_admin(&config.admin.listen, admin_state.clone(), shutdown()).await;
+    let sandbox = sandbox_callback.is_some();
     let rt = Runtime {
+        metrics,
+        notifier: notifier.clone(),
+        specs_json,
         jitter_seed: jitter_seed(&state_dir)?,
         config,
         calls_dir,
@@ -328,6 +327,10 @@ async fn run_async(mut config: Config, args: RunArgs) -> anyhow::Result<u8> {
     let mut controller = Controller::new(rt, events_tx);
     let first = snapshots.borrow_and_update().clone();
     controller.load_snapshot(&first);
+    // systemd: the first full load is done and the ledger is open.
+    let _ = notifier.ready();
+    let mut ready = false;
+    let mut watchdog = notifier.watchdog_interval().map(tokio::time::interval);
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
@@ -337,6 +340,11 @@ async fn run_async(mut config: Config, args: RunArgs) -> anyhow::Result<u8> {
 
     let exit = loop {
         let wake = controller.decide().await?;
+        if !ready && (sandbox || controller.rt.client.tokens().token().await.is_ok()) {
+            // /readyz: loaded, ledger open, and a token obtained (or sandbox)
+            ready = true;
+            admin_state.set_ready(true);
+        }
         if once.is_some()
             && let Some(runs) = controller.once_done().await?
         {
@@ -391,9 +399,29 @@ async fn run_async(mut config: Config, args: RunArgs) -> anyhow::Result<u8> {
             }
             _ = sigterm.recv() => break Exit::Signal,
             _ = sigint.recv() => break Exit::Signal,
+            _ = async { watchdog.as_mut().expect("guarded").tick().await }, if watchdog.is_some() => {
+                // from the work loop itself: a stuck loop stops the pings
+                let _ = notifier.watchdog();
+            }
             _ = sighup.recv() => {
-                tracing::info!("SIGHUP: rescanning the calls directory");
+                let _ = notifier.reloading();
+                match load_config(&args) {
+                    Ok(new) => {
+                        if let Err(e) = log.set_level(&new.log.level) {
+                            tracing::warn!("reload: log.level: {e:#}");
+                        }
+                        // what a reload changes: spec defaults and the daemon's timings;
+                        // Graph, callback and admin settings need a restart
+                        controller.rt.config.defaults = new.defaults;
+                        controller.rt.config.daemon = new.daemon;
+                        let snap = snapshots.borrow().clone();
+                        controller.load_snapshot(&snap);
+                        tracing::info!("SIGHUP: configuration reloaded; rescanning the calls directory");
+                    }
+                    Err(e) => tracing::error!("SIGHUP: configuration not reloaded, keeping the old one: {e}"),
+                }
                 source_guard.request_rescan();
+                let _ = notifier.ready();
             }
         }
     };
@@ -402,6 +430,8 @@ async fn run_async(mut config: Config, args: RunArgs) -> anyhow::Result<u8> {
         status = controller.status_line(),
         "stopping: no new placements"
     );
+    let _ = notifier.stopping();
+    admin_state.set_ready(false);
     let _ = shutdown_tx.send(true);
     // let request tasks that are already running record their result
     let drain_until = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -412,6 +442,9 @@ async fn run_async(mut config: Config, args: RunArgs) -> anyhow::Result<u8> {
         }
     }
     let _ = callback_task.await;
+    if let Some(t) = admin_task {
+        let _ = t.await;
+    }
     drop(source_guard);
     let code = match exit {
         Exit::Signal => 0,
@@ -420,6 +453,53 @@ async fn run_async(mut config: Config, args: RunArgs) -> anyhow::Result<u8> {
     };
     tracing::info!("stopped");
     Ok(code)
+}
+
+/// The admin endpoint's state: metrics, readiness, `/v1/specs` from the
+/// controller's latest report, `/v1/runs` from the ledger.
+fn admin_state(
+    metrics: &crate::metrics::Metrics,
+    specs: &Arc<Mutex<serde_json::Value>>,
+    ledger: &super::SharedLedger,
+) -> crate::admin::AdminState {
+    let specs = specs.clone();
+    let ledger = ledger.clone();
+    crate::admin::AdminState::new(metrics.clone())
+        .with_specs(move || specs.lock().unwrap_or_else(|p| p.into_inner()).clone())
+        .with_runs(move |spec, limit| {
+            let l = ledger.lock().unwrap_or_else(|p| p.into_inner());
+            let records = l.history(spec, limit).ok()?;
+            if records.is_empty() {
+                return None;
+            }
+            Some(serde_json::json!({ "spec": spec, "runs": records }))
+        })
+}
+
+/// Serves the admin endpoint on `admin.listen`; a listen failure is logged
+/// and the daemon goes on without it (calls matter more than metrics).
+async fn start_admin(
+    listen: &str,
+    state: crate::admin::AdminState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Option<tokio::task::JoinHandle<()>> {
+    if listen.is_empty() || listen == "off" {
+        return None;
+    }
+    match TcpListener::bind(listen).await {
+        Ok(listener) => {
+            tracing::info!(addr = %listen, "admin endpoint up (/healthz /readyz /metrics /v1/specs /v1/runs)");
+            Some(tokio::spawn(async move {
+                if let Err(e) = crate::admin::serve(listener, state, shutdown).await {
+                    tracing::error!("admin endpoint: {e:#}");
+                }
+            }))
+        }
+        Err(e) => {
+            tracing::error!(addr = %listen, "cannot listen on admin.listen, the admin endpoint is off: {e}");
+            None
+        }
+    }
 }
 
 fn controller_retention(c: &Controller) -> Duration {
