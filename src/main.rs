@@ -117,6 +117,10 @@ enum Command {
     },
     /// Print the JSON Schema of the spec format.
     Schema,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff).
+    Man,
 }
 
 fn main() -> ExitCode {
@@ -188,6 +192,21 @@ fn main() -> ExitCode {
         ),
         Command::Emulator { listen, config } => calld::cli::emulator(&listen, config.as_deref()),
         Command::Schema => calld::cli::schema(),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "calld", &mut std::io::stdout());
+            0
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("calld man: {e}");
+                    2
+                }
+            }
+        }
     };
     ExitCode::from(code)
 }

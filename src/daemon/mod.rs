@@ -453,7 +453,7 @@ impl Controller {
     pub(crate) async fn on_event(&mut self, event: Event) {
         match event {
             Event::Placed { run, outcome } => {
-                tracing::debug!(run = %run, outcome, "create request finished");
+                tracing::debug!(run = %run, result = outcome, "create request finished");
                 self.in_flight.remove(&run);
             }
             Event::CallOp { run, op, gone } => {

@@ -335,6 +335,14 @@ async fn run_async(
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    // Test hook (CALLD_TEST_HOOKS=1): SIGUSR1 blocks the work loop for 3 s,
+    // so a test can see the watchdog pings stop.
+    let mut block_hook = match std::env::var_os("CALLD_TEST_HOOKS") {
+        Some(_) => Some(tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::user_defined1(),
+        )?),
+        None => None,
+    };
     let once_deadline = once.map(|t| tokio::time::Instant::now() + t);
     let mut prune_at = tokio::time::Instant::now();
 
@@ -402,6 +410,10 @@ async fn run_async(
             _ = async { watchdog.as_mut().expect("guarded").tick().await }, if watchdog.is_some() => {
                 // from the work loop itself: a stuck loop stops the pings
                 let _ = notifier.watchdog();
+            }
+            _ = async { block_hook.as_mut().expect("guarded").recv().await }, if block_hook.is_some() => {
+                tracing::warn!("test hook: blocking the work loop for 3 s");
+                std::thread::sleep(Duration::from_secs(3));
             }
             _ = sighup.recv() => {
                 let _ = notifier.reloading();
