@@ -351,7 +351,7 @@ pub struct DaemonConfig {
     /// Full rescan of the calls directory even without events; default 60s.
     #[serde(with = "duration_text")]
     pub resync_interval: Duration,
-    /// Debounce of watcher events before a rescan; default 50ms.
+    /// Debounce of watcher events before a rescan; default 20ms (the drop latency floor).
     #[serde(with = "duration_text")]
     pub debounce: Duration,
     /// Runs older than this are pruned from the ledger; default 90d.
@@ -366,7 +366,7 @@ impl Default for DaemonConfig {
     fn default() -> Self {
         DaemonConfig {
             resync_interval: Duration::from_secs(60),
-            debounce: Duration::from_millis(50),
+            debounce: Duration::from_millis(20),
             history_retention: Duration::from_secs(90 * 86_400),
             notification_timeout: Duration::from_secs(600),
         }

@@ -37,7 +37,7 @@ pub enum WatchBackend {
 /// How the source watches.
 #[derive(Debug, Clone)]
 pub struct SourceOptions {
-    /// Time from the last event to the rescan (`daemon.debounce`, default 50 ms).
+    /// Time from the last event to the rescan (`daemon.debounce`, default 20 ms).
     pub debounce: Duration,
     /// A full rescan even without events (`daemon.resyncInterval`, default 60 s).
     pub resync_interval: Duration,
@@ -52,7 +52,7 @@ pub struct SourceOptions {
 impl Default for SourceOptions {
     fn default() -> Self {
         SourceOptions {
-            debounce: Duration::from_millis(50),
+            debounce: Duration::from_millis(20),
             resync_interval: Duration::from_secs(60),
             max_delay: Duration::from_secs(2),
             poll_interval: Duration::from_secs(2),
