@@ -214,6 +214,13 @@ impl Controller {
             jitter_seed: self.rt.jitter_seed,
             settings: Settings {
                 notification_timeout: self.rt.config.daemon.notification_timeout,
+                // never 0: a keepAlive on every decision would spin
+                keep_alive_interval: self
+                    .rt
+                    .config
+                    .daemon
+                    .keep_alive_interval
+                    .max(Duration::from_secs(1)),
                 ..Settings::default()
             },
         };
