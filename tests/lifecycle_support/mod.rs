@@ -181,18 +181,19 @@ impl Daemon {
              stateDir: {state}\n\
              graph: {{ baseUrl: \"{base}\", authorityUrl: \"{base}\", tenantId: {TENANT}, clientId: {CLIENT_ID}, clientSecret: {{ env: CALLD_TEST_SECRET }}, requestTimeout: 60s }}\n\
              callback: {{ listen: \"127.0.0.1:{port}\", publicUrl: \"{public}\", openIdConfigUrl: \"{oidc}\", issuers: [\"{iss}\"] }}\n\
-             log: {{ level: debug }}\n\
              {extra}\n",
             calls = root.join("calls.d").display(),
             state = root.join("state").display(),
             oidc = emu.open_id_config_url(),
             iss = emu.issuer(),
         );
-        let config = if extra.contains("daemon:") {
-            config
-        } else {
-            format!("{config}daemon: {{ debounce: 20ms }}\n")
-        };
+        let mut config = config;
+        if !extra.contains("daemon:") {
+            config.push_str("daemon: { debounce: 20ms }\n");
+        }
+        if !extra.contains("log:") {
+            config.push_str("log: { level: debug }\n");
+        }
         std::fs::write(root.join("calld.yaml"), config).unwrap();
         Daemon {
             dir,
