@@ -98,7 +98,7 @@ async fn daemon_notifications_per_second() {
         (0..total)
             .map(|i| {
                 let (run, call) = &targets[i % targets.len()];
-                let state = if (i / targets.len()) % 2 == 0 {
+                let state = if (i / targets.len()).is_multiple_of(2) {
                     "establishing"
                 } else {
                     "established"
@@ -230,7 +230,7 @@ fn ledger_batch_versus_one_transaction_each() {
     let notice = |i: usize| StateNotice {
         run_id: Some(ids[i % ids.len()].clone()),
         update: CallStateUpdate {
-            state: if i % 2 == 0 {
+            state: if i.is_multiple_of(2) {
                 CallState::Establishing
             } else {
                 CallState::Established
