@@ -360,6 +360,10 @@ pub struct DaemonConfig {
     /// A placed call with no notification within this is recorded `unknown`; default 10m.
     #[serde(with = "duration_text")]
     pub notification_timeout: Duration,
+    /// keepAlive interval of established calls; default 15m (Graph ends a
+    /// call that gets none for 45m).
+    #[serde(with = "duration_text")]
+    pub keep_alive_interval: Duration,
 }
 
 impl Default for DaemonConfig {
@@ -369,6 +373,7 @@ impl Default for DaemonConfig {
             debounce: Duration::from_millis(20),
             history_retention: Duration::from_secs(90 * 86_400),
             notification_timeout: Duration::from_secs(600),
+            keep_alive_interval: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -463,6 +468,15 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keep_alive_interval_defaults_to_15_minutes_and_can_be_set() {
+        let c = Config::from_yaml("").unwrap();
+        assert_eq!(c.daemon.keep_alive_interval, Duration::from_secs(900));
+        let c = Config::from_yaml("daemon: { keepAliveInterval: 2m }").unwrap();
+        assert_eq!(c.daemon.keep_alive_interval, Duration::from_secs(120));
+        assert!(Config::from_yaml("daemon: { keepAliveInterval: soon }").is_err());
+    }
 
     #[test]
     fn empty_file_is_all_defaults() {

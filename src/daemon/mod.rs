@@ -229,6 +229,13 @@ impl Controller {
             jitter_seed: self.rt.jitter_seed,
             settings: Settings {
                 notification_timeout: self.rt.config.daemon.notification_timeout,
+                // never 0: a keepAlive on every decision would spin
+                keep_alive_interval: self
+                    .rt
+                    .config
+                    .daemon
+                    .keep_alive_interval
+                    .max(Duration::from_secs(1)),
                 ..Settings::default()
             },
         };
@@ -479,52 +486,57 @@ impl Controller {
         }
     }
 
-    /// A validated notification from the callback listener.
-    pub(crate) async fn on_notification(&mut self, inbound: Inbound) {
+    /// Validated notifications from the callback listener, recorded in one
+    /// ledger transaction (one fsync for the whole batch).
+    pub(crate) async fn on_notifications(&mut self, inbound: Vec<Inbound>) {
         let now = crate::clock::now();
-        for event in inbound.events {
-            let Some(state) = event.state.as_ref() else {
-                continue;
-            };
-            let state = ledger::CallState::from(state.as_str());
-            let update = CallStateUpdate {
-                state,
-                call_id: event.call_id.clone(),
-                result_info: event.result_info.as_ref().map(|r| ResultInfo {
-                    code: Some(r.code),
-                    subcode: Some(r.subcode),
-                    message: r.message.clone(),
-                }),
-            };
-            let run_id = inbound.run_id.clone();
-            let call_id = event.call_id.clone();
-            let res = with_ledger(&self.rt.ledger, move |l| {
-                // calldRun first; else the Graph call id
-                let run = match &run_id {
-                    Some(id) => l.run(id)?,
-                    None => None,
-                };
-                let run = match (run, &call_id) {
-                    (Some(r), _) => Some(r),
-                    (None, Some(c)) => l.run_by_call_id(c)?,
-                    (None, None) => None,
-                };
-                match run {
-                    Some(r) => l.record_call_state(&r.id, &update, now).map(Some),
-                    None => Ok(None),
-                }
+        let batch: Vec<ledger::StateNotice> = inbound
+            .iter()
+            .flat_map(|n| {
+                n.events.iter().filter_map(|event| {
+                    let state = event.state.as_ref()?;
+                    Some(ledger::StateNotice {
+                        // calldRun first; else the Graph call id
+                        run_id: n.run_id.clone(),
+                        update: CallStateUpdate {
+                            state: ledger::CallState::from(state.as_str()),
+                            call_id: event.call_id.clone(),
+                            result_info: event.result_info.as_ref().map(|r| ResultInfo {
+                                code: Some(r.code),
+                                subcode: Some(r.subcode),
+                                message: r.message.clone(),
+                            }),
+                        },
+                    })
+                })
             })
-            .await;
+            .collect();
+        if batch.is_empty() {
+            return;
+        }
+        let notices = batch.clone();
+        let results = match with_ledger(&self.rt.ledger, move |l| {
+            l.record_call_states(&notices, now)
+        })
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, count = batch.len(), "cannot record notifications");
+                return;
+            }
+        };
+        for (notice, res) in batch.iter().zip(results) {
             match res {
                 Ok(Some(n)) => {
                     self.rt.metrics.notification("recorded");
-                    tracing::debug!(run = %n.run.id, spec = %n.run.spec, state = %event.state.as_ref().map(|s| s.as_str()).unwrap_or(""), change = ?n.change, "notification")
+                    tracing::debug!(run = %n.run.id, spec = %n.run.spec, state = %notice.update.state, change = ?n.change, "notification")
                 }
                 Ok(None) => {
                     self.rt.metrics.notification("unmatched");
                     tracing::info!(
-                        call_id = event.call_id.as_deref().unwrap_or(""),
-                        run = inbound.run_id.as_deref().unwrap_or(""),
+                        call_id = notice.update.call_id.as_deref().unwrap_or(""),
+                        run = notice.run_id.as_deref().unwrap_or(""),
                         "notification for a call calld did not place; ignored"
                     )
                 }

@@ -32,6 +32,9 @@ pub struct RunArgs {
     pub timeout: Duration,
 }
 
+/// At most this many queued notifications are recorded in one transaction.
+const NOTIFICATION_BATCH: usize = 4096;
+
 /// The client id and secret the daemon uses against its own emulator.
 const SANDBOX_CLIENT_ID: &str = "calld-sandbox";
 const SANDBOX_TENANT: &str = "00000000-0000-0000-0000-000000000000";
@@ -393,11 +396,14 @@ async fn run_async(
                 controller.load_snapshot(&snap);
             }
             Some(inbound) = notif_rx.recv() => {
-                controller.on_notification(inbound).await;
-                // take what else is queued before deciding again
-                while let Ok(more) = notif_rx.try_recv() {
-                    controller.on_notification(more).await;
+                // take what else is queued: one ledger transaction for all
+                let mut batch = vec![inbound];
+                while batch.len() < NOTIFICATION_BATCH
+                    && let Ok(more) = notif_rx.try_recv()
+                {
+                    batch.push(more);
                 }
+                controller.on_notifications(batch).await;
             }
             Some(event) = events_rx.recv() => {
                 controller.on_event(event).await;

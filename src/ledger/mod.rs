@@ -420,6 +420,16 @@ pub struct CallStateUpdate {
     pub result_info: Option<ResultInfo>,
 }
 
+/// One notification for [`Ledger::record_call_states`], addressed to its
+/// run by the `calldRun` id of its callbackUri when it carries one (and that
+/// run exists), else by the Graph call id in `update.call_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateNotice {
+    /// The `calldRun` query parameter the notification arrived with.
+    pub run_id: Option<String>,
+    pub update: CallStateUpdate,
+}
+
 /// One notification state, as stored (history shows them).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -652,6 +662,18 @@ pub trait Ledger: Send {
         update: &CallStateUpdate,
         now: Timestamp,
     ) -> Result<Notified>;
+
+    /// Records a batch of notifications in **one** transaction (one fsync),
+    /// in order, each exactly as [`Ledger::record_call_state`] would. Each
+    /// notice finds its run by `run_id`, else by its call id; one that
+    /// matches no run gives `Ok(None)` and writes nothing. An error on one
+    /// notice undoes that notice only (the others are kept); the outer error
+    /// means nothing of the batch was written.
+    fn record_call_states(
+        &mut self,
+        batch: &[StateNotice],
+        now: Timestamp,
+    ) -> Result<Vec<Result<Option<Notified>>>>;
 
     /// Puts a run whose attempt failed, or whose call was never established,
     /// back to `scheduled` with a new due time (SPEC `retry`). Clears the call id

@@ -16,7 +16,7 @@ use super::rules::{self, NotificationEffect, Placed, Refusal, RunView};
 use super::{
     Attempt, AttemptResult, CallState, CallStateRecord, CallStateUpdate, Disposition, Finish,
     Inserted, Ledger, LedgerError, NewRun, Notified, Outcome, Result, ResultInfo, Run, RunKey,
-    RunProgress, RunRecord, RunState, Slot, StateChange,
+    RunProgress, RunRecord, RunState, Slot, StateChange, StateNotice,
 };
 
 /// The file name of the ledger inside the state directory.
@@ -598,8 +598,102 @@ fn next_attempt(
     Ok(number)
 }
 
-fn reload(tx: &Transaction<'_>, id: &str) -> Result<Run> {
+fn reload(tx: &Connection, id: &str) -> Result<Run> {
     load_required(tx, id).map(|(_, run)| run)
+}
+
+/// Records one notification state (see [`Ledger::record_call_state`])
+/// inside the caller's transaction or savepoint.
+fn record_state_in(
+    tx: &Connection,
+    id: &str,
+    update: &CallStateUpdate,
+    now: Timestamp,
+) -> Result<Notified> {
+    let (seq, run) = load_required(tx, id)?;
+    let info = update.result_info.as_ref();
+    tx.execute(
+        "INSERT INTO call_states (run_seq, seq, at, state, call_id, result_code, \
+             result_subcode, result_message) \
+             VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM call_states WHERE run_seq = ?1), \
+             ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            seq,
+            us(now),
+            update.state.as_str(),
+            update.call_id,
+            info.and_then(|i| i.code),
+            info.and_then(|i| i.subcode),
+            info.and_then(|i| i.message.as_deref())
+        ],
+    )?;
+    let effect = rules::on_notification(view(&run), &update.state, update.call_id.as_deref());
+    // Whether this notification is about the run's current call
+    // (and so may update its fields).
+    let current_call = match effect {
+        NotificationEffect::Record => {
+            !matches!(run.state, RunState::Scheduled | RunState::Finished)
+                && !matches!((run.call_id.as_deref(), update.call_id.as_deref()),
+                        (Some(a), Some(b)) if a != b)
+        }
+        NotificationEffect::Advance(_) | NotificationEffect::Reopen(_) => true,
+    };
+    let change = match effect {
+        NotificationEffect::Record => StateChange::Recorded,
+        NotificationEffect::Advance(_) => StateChange::Advanced { from: run.state },
+        NotificationEffect::Reopen(_) => StateChange::Reopened,
+    };
+    match effect {
+        NotificationEffect::Advance(state) => {
+            tx.execute(
+                "UPDATE runs SET state = ?2 WHERE seq = ?1",
+                params![seq, state.as_str()],
+            )?;
+        }
+        NotificationEffect::Reopen(state) => {
+            tx.execute(
+                "UPDATE runs SET state = ?2, outcome = NULL, reason = NULL WHERE seq = ?1",
+                params![seq, state.as_str()],
+            )?;
+        }
+        NotificationEffect::Record => {}
+    }
+    if current_call {
+        tx.execute(
+            "UPDATE runs SET call_id = COALESCE(call_id, ?2), updated_at = ?3 WHERE seq = ?1",
+            params![seq, update.call_id, us(now)],
+        )?;
+        if update.state == CallState::Established {
+            tx.execute(
+                "UPDATE runs SET established_at = COALESCE(established_at, ?2) WHERE seq = ?1",
+                params![seq, us(now)],
+            )?;
+        }
+        if let Some(info) = info {
+            tx.execute(
+                "UPDATE runs SET result_code = ?2, result_subcode = ?3, result_message = ?4 \
+                     WHERE seq = ?1",
+                params![seq, info.code, info.subcode, info.message],
+            )?;
+        }
+    }
+    Ok(Notified {
+        run: reload(tx, id)?,
+        change,
+    })
+}
+
+fn find_by_call_id(conn: &Connection, call_id: &str) -> Result<Option<Run>> {
+    Ok(query_runs(
+        conn,
+        &format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE call_id = ?1 \
+             OR seq IN (SELECT run_seq FROM attempts WHERE call_id = ?1) \
+             ORDER BY (call_id IS ?1) DESC, seq DESC LIMIT 1"
+        ),
+        params![call_id],
+    )?
+    .pop())
 }
 
 impl Ledger for SqliteLedger {
@@ -671,16 +765,7 @@ impl Ledger for SqliteLedger {
     }
 
     fn run_by_call_id(&self, call_id: &str) -> Result<Option<Run>> {
-        Ok(query_runs(
-            &self.conn,
-            &format!(
-                "SELECT {RUN_COLUMNS} FROM runs WHERE call_id = ?1 \
-                 OR seq IN (SELECT run_seq FROM attempts WHERE call_id = ?1) \
-                 ORDER BY (call_id IS ?1) DESC, seq DESC LIMIT 1"
-            ),
-            params![call_id],
-        )?
-        .pop())
+        find_by_call_id(&self.conn, call_id)
     }
 
     fn mark_requesting(
@@ -820,79 +905,47 @@ impl Ledger for SqliteLedger {
         update: &CallStateUpdate,
         now: Timestamp,
     ) -> Result<Notified> {
-        self.write(|tx| {
-            let (seq, run) = load_required(tx, id)?;
-            let info = update.result_info.as_ref();
-            tx.execute(
-                "INSERT INTO call_states (run_seq, seq, at, state, call_id, result_code, \
-                 result_subcode, result_message) \
-                 VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM call_states WHERE run_seq = ?1), \
-                 ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    seq,
-                    us(now),
-                    update.state.as_str(),
-                    update.call_id,
-                    info.and_then(|i| i.code),
-                    info.and_then(|i| i.subcode),
-                    info.and_then(|i| i.message.as_deref())
-                ],
-            )?;
-            let effect = rules::on_notification(view(&run), &update.state, update.call_id.as_deref());
-            // Whether this notification is about the run's current call
-            // (and so may update its fields).
-            let current_call = match effect {
-                NotificationEffect::Record => {
-                    !matches!(run.state, RunState::Scheduled | RunState::Finished)
-                        && !matches!((run.call_id.as_deref(), update.call_id.as_deref()),
-                            (Some(a), Some(b)) if a != b)
+        self.write(|tx| record_state_in(tx, id, update, now))
+    }
+
+    fn record_call_states(
+        &mut self,
+        batch: &[StateNotice],
+        now: Timestamp,
+    ) -> Result<Vec<Result<Option<Notified>>>> {
+        if self.read_only {
+            return Err(LedgerError::ReadOnly);
+        }
+        let mut tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut out = Vec::with_capacity(batch.len());
+        for notice in batch {
+            // A savepoint per notice: a failing one is undone alone.
+            let sp = tx.savepoint()?;
+            let result = (|| {
+                let run = match &notice.run_id {
+                    Some(id) => load(&sp, id)?.map(|(_, r)| r),
+                    None => None,
+                };
+                let run = match (run, &notice.update.call_id) {
+                    (Some(r), _) => Some(r),
+                    (None, Some(c)) => find_by_call_id(&sp, c)?,
+                    (None, None) => None,
+                };
+                match run {
+                    Some(r) => record_state_in(&sp, &r.id, &notice.update, now).map(Some),
+                    None => Ok(None),
                 }
-                NotificationEffect::Advance(_) | NotificationEffect::Reopen(_) => true,
-            };
-            let change = match effect {
-                NotificationEffect::Record => StateChange::Recorded,
-                NotificationEffect::Advance(_) => StateChange::Advanced { from: run.state },
-                NotificationEffect::Reopen(_) => StateChange::Reopened,
-            };
-            match effect {
-                NotificationEffect::Advance(state) => {
-                    tx.execute(
-                        "UPDATE runs SET state = ?2 WHERE seq = ?1",
-                        params![seq, state.as_str()],
-                    )?;
-                }
-                NotificationEffect::Reopen(state) => {
-                    tx.execute(
-                        "UPDATE runs SET state = ?2, outcome = NULL, reason = NULL WHERE seq = ?1",
-                        params![seq, state.as_str()],
-                    )?;
-                }
-                NotificationEffect::Record => {}
+            })();
+            if result.is_ok() {
+                sp.commit()?;
             }
-            if current_call {
-                tx.execute(
-                    "UPDATE runs SET call_id = COALESCE(call_id, ?2), updated_at = ?3 WHERE seq = ?1",
-                    params![seq, update.call_id, us(now)],
-                )?;
-                if update.state == CallState::Established {
-                    tx.execute(
-                        "UPDATE runs SET established_at = COALESCE(established_at, ?2) WHERE seq = ?1",
-                        params![seq, us(now)],
-                    )?;
-                }
-                if let Some(info) = info {
-                    tx.execute(
-                        "UPDATE runs SET result_code = ?2, result_subcode = ?3, result_message = ?4 \
-                         WHERE seq = ?1",
-                        params![seq, info.code, info.subcode, info.message],
-                    )?;
-                }
-            }
-            Ok(Notified {
-                run: reload(tx, id)?,
-                change,
-            })
-        })
+            // dropped without commit: rolled back
+            out.push(result);
+        }
+        tx.commit()?;
+        Ok(out)
     }
 
     fn retry_later(

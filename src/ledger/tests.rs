@@ -679,6 +679,163 @@ fn notifications_about_other_calls_or_waiting_runs_are_history_only() {
     ));
 }
 
+fn notice(run: Option<&str>, state: &str, call: Option<&str>) -> StateNotice {
+    StateNotice {
+        run_id: run.map(str::to_string),
+        update: CallStateUpdate {
+            state: CallState::from(state),
+            call_id: call.map(str::to_string),
+            result_info: (state == "terminated").then(|| ResultInfo {
+                code: Some(603),
+                subcode: Some(0),
+                message: Some("declined".into()),
+            }),
+        },
+    }
+}
+
+#[test]
+fn a_batch_records_like_the_same_notifications_one_by_one() {
+    // Two ledgers, same runs; one gets the notifications one at a time,
+    // the other in one batch: same answers, same rows.
+    let script = [
+        ("a", "established"),
+        ("b", "establishing"),
+        ("a", "establishing"),
+        ("b", "terminated"),
+        ("a", "established"),
+        ("a", "terminated"),
+        ("b", "established"),
+    ];
+    let setup = |l: &mut SqliteLedger| {
+        let a = placed(l, "a", 60, "ca");
+        let b = placed(l, "b", 60, "cb");
+        (a.id, b.id)
+    };
+    let mut one = mem();
+    let (a1, b1) = setup(&mut one);
+    let single: Vec<Notified> = script
+        .iter()
+        .map(|(r, st)| {
+            let (id, call) = if *r == "a" { (&a1, "ca") } else { (&b1, "cb") };
+            one.record_call_state(id, &notice(None, st, Some(call)).update, t(3))
+                .unwrap()
+        })
+        .collect();
+    let mut batched = mem();
+    let (a2, b2) = setup(&mut batched);
+    let batch: Vec<StateNotice> = script
+        .iter()
+        .map(|(r, st)| {
+            let (id, call) = if *r == "a" { (&a2, "ca") } else { (&b2, "cb") };
+            notice(Some(id), st, Some(call))
+        })
+        .collect();
+    let out = batched.record_call_states(&batch, t(3)).unwrap();
+    assert_eq!(out.len(), script.len());
+    for (s, b) in single.iter().zip(out) {
+        let b = b.unwrap().expect("matched a run");
+        assert_eq!(s.change, b.change);
+        assert_eq!(s.run.state, b.run.state);
+        assert_eq!(s.run.established_at, b.run.established_at);
+        assert_eq!(s.run.result_info, b.run.result_info);
+    }
+    for ((x1, x2), name) in [((&a1, &a2), "a"), ((&b1, &b2), "b")] {
+        let s1 = one.call_states(x1).unwrap();
+        let s2 = batched.call_states(x2).unwrap();
+        assert_eq!(s1, s2, "call states of {name}");
+        let r1 = one.run(x1).unwrap().unwrap();
+        let r2 = batched.run(x2).unwrap().unwrap();
+        assert_eq!(
+            (r1.state, r1.established_at, r1.result_info),
+            (r2.state, r2.established_at, r2.result_info)
+        );
+    }
+    assert_eq!(
+        batched.run(&a2).unwrap().unwrap().state,
+        RunState::Terminating
+    );
+    assert_eq!(batched.call_states(&a2).unwrap().len(), 4);
+}
+
+#[test]
+fn a_batch_finds_runs_by_run_id_then_call_id_and_skips_strangers() {
+    let mut l = mem();
+    let a = placed(&mut l, "a", 60, "ca");
+    let b = placed(&mut l, "b", 60, "cb");
+    let out = l
+        .record_call_states(
+            &[
+                // calldRun wins over the call id
+                notice(Some(&a.id), "establishing", Some("cb")),
+                // no calldRun: the call id
+                notice(None, "established", Some("cb")),
+                // a calldRun that names no run: the call id
+                notice(Some("zzzzzzzzzzzzzzzz"), "established", Some("ca")),
+                // nothing matches: nothing written
+                notice(Some("nope"), "established", Some("other")),
+                notice(None, "established", None),
+            ],
+            t(4),
+        )
+        .unwrap();
+    let ids: Vec<Option<String>> = out
+        .iter()
+        .map(|r| r.as_ref().unwrap().as_ref().map(|n| n.run.id.clone()))
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            Some(a.id.clone()),
+            Some(b.id.clone()),
+            Some(a.id.clone()),
+            None,
+            None
+        ]
+    );
+    assert_eq!(l.call_states(&a.id).unwrap().len(), 2);
+    assert_eq!(l.call_states(&b.id).unwrap().len(), 1);
+    assert_eq!(l.run(&b.id).unwrap().unwrap().state, RunState::Established);
+    // the notice naming a by calldRun carried b's call id: history only
+    assert_eq!(l.run(&a.id).unwrap().unwrap().state, RunState::Established);
+    assert!(l.record_call_states(&[], t(5)).unwrap().is_empty());
+}
+
+#[test]
+fn one_failing_notice_is_undone_alone() {
+    let mut l = mem();
+    let a = placed(&mut l, "a", 60, "ca");
+    l.conn_for_tests()
+        .execute_batch(
+            "CREATE TEMP TRIGGER poison BEFORE UPDATE OF state ON runs \
+             WHEN NEW.state = 'establishing' BEGIN SELECT RAISE(ABORT, 'poisoned'); END;",
+        )
+        .unwrap();
+    let out = l
+        .record_call_states(
+            &[
+                notice(Some(&a.id), "establishing", Some("ca")),
+                notice(Some(&a.id), "established", Some("ca")),
+            ],
+            t(4),
+        )
+        .unwrap();
+    assert!(
+        matches!(out[0], Err(LedgerError::Sqlite(_))),
+        "{:?}",
+        out[0]
+    );
+    assert_eq!(
+        out[1].as_ref().unwrap().as_ref().unwrap().run.state,
+        RunState::Established
+    );
+    // the failed notice left no history row behind
+    let states = l.call_states(&a.id).unwrap();
+    assert_eq!(states.len(), 1);
+    assert_eq!(states[0].state, CallState::Established);
+    assert_eq!(states[0].seq, 1);
+}
+
 // ---------------------------------------------------------------- retry, finish, cancel
 
 #[test]
@@ -989,6 +1146,33 @@ fn read_only_handles_refuse_writes_and_missing_files() {
         Err(LedgerError::ReadOnly)
     ));
     assert!(matches!(ro.prune(t(0)), Err(LedgerError::ReadOnly)));
+}
+
+#[test]
+fn a_batch_is_durable_and_read_only_handles_refuse_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(LEDGER_FILE);
+    let id;
+    {
+        let mut l = file_ledger(&dir);
+        let r = placed(&mut l, "a", 60, "c");
+        id = r.id.clone();
+        let batch: Vec<StateNotice> = ["establishing", "established", "terminated"]
+            .iter()
+            .map(|s| notice(Some(&id), s, Some("c")))
+            .collect();
+        let out = l.record_call_states(&batch, t(5)).unwrap();
+        assert!(out.iter().all(|r| matches!(r, Ok(Some(_)))));
+    }
+    let mut l = SqliteLedger::open_read_only(&path).unwrap();
+    let run = l.run(&id).unwrap().unwrap();
+    assert_eq!(run.state, RunState::Terminating);
+    assert_eq!(run.result_info.and_then(|r| r.code), Some(603));
+    assert_eq!(l.call_states(&id).unwrap().len(), 3);
+    assert!(matches!(
+        l.record_call_states(&[notice(Some(&id), "established", None)], t(6)),
+        Err(LedgerError::ReadOnly)
+    ));
 }
 
 #[test]
