@@ -31,5 +31,7 @@ fn offset() -> SignedDuration {
 
 /// Now, as the daemon sees it.
 pub fn now() -> Timestamp {
-    Timestamp::now().checked_add(offset()).unwrap_or_else(|_| Timestamp::now())
+    Timestamp::now()
+        .checked_add(offset())
+        .unwrap_or_else(|_| Timestamp::now())
 }

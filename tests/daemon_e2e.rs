@@ -140,7 +140,10 @@ fn deleting_a_scheduled_spec_cancels_its_future_run() {
     });
     assert_eq!(canceled["id"], scheduled["id"], "the same run was canceled");
     assert!(
-        canceled["reason"].as_str().unwrap_or("").contains("removed"),
+        canceled["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("removed"),
         "{canceled}"
     );
     assert!(emu.creates().is_empty(), "nothing was placed");
@@ -173,7 +176,14 @@ fn an_at_run_fires_once_not_before_its_time() {
         received >= at,
         "received at {received}, before its time {at}"
     );
-    assert_eq!(run["scheduledAt"].as_str().unwrap().parse::<jiff::Timestamp>().unwrap(), at);
+    assert_eq!(
+        run["scheduledAt"]
+            .as_str()
+            .unwrap()
+            .parse::<jiff::Timestamp>()
+            .unwrap(),
+        at
+    );
 }
 
 #[test]
@@ -181,7 +191,10 @@ fn invalid_files_are_reported_and_the_valid_ones_placed() {
     let emu = Emu::start("calls: { answerAfter: 20ms, length: 50ms }\n");
     let env = Env::new(&emu);
     for i in 0..50 {
-        env.drop_spec(&format!("ok-{i:02}.yaml"), &call_spec(&format!("Valid {i}")));
+        env.drop_spec(
+            &format!("ok-{i:02}.yaml"),
+            &call_spec(&format!("Valid {i}")),
+        );
         // an unknown key, a bad phone number, broken YAML, in turn
         let bad = match i % 3 {
             0 => format!("{}subjcet: typo\n", call_spec("Bad")),
@@ -202,7 +215,10 @@ fn invalid_files_are_reported_and_the_valid_ones_placed() {
         .collect();
     let expected: std::collections::BTreeSet<String> =
         (0..50).map(|i| format!("Valid {i}")).collect();
-    assert_eq!(subjects, expected, "every valid spec placed, no invalid one");
+    assert_eq!(
+        subjects, expected,
+        "every valid spec placed, no invalid one"
+    );
 
     let status = env.status();
     let invalid: Vec<String> = status["invalidFiles"]
@@ -222,16 +238,25 @@ fn invalid_files_are_reported_and_the_valid_ones_placed() {
             .as_array()
             .unwrap()
             .iter()
-            .filter(|d| d["file"].as_str().unwrap_or("").ends_with(&name) && d["severity"] == "error")
+            .filter(|d| {
+                d["file"].as_str().unwrap_or("").ends_with(&name) && d["severity"] == "error"
+            })
             .collect();
         assert!(!errors.is_empty(), "{name} has its error");
         let message = errors[0]["message"].as_str().unwrap();
         match i % 3 {
             0 => assert!(message.contains("subjcet"), "{name}: {message}"),
-            1 => assert!(message.contains("12") || message.contains("E.164"), "{name}: {message}"),
+            1 => assert!(
+                message.contains("12") || message.contains("E.164"),
+                "{name}: {message}"
+            ),
             _ => assert!(!message.is_empty()),
         }
-        assert!(errors[0]["line"].as_u64().unwrap_or(0) >= 1, "{}", errors[0]);
+        assert!(
+            errors[0]["line"].as_u64().unwrap_or(0) >= 1,
+            "{}",
+            errors[0]
+        );
     }
     // every valid spec is listed with its run
     let specs = status["specs"].as_array().unwrap();
@@ -271,4 +296,209 @@ fn sigterm_exits_0_and_sighup_rescans() {
     let status = daemon.stop();
     assert_eq!(status.code(), Some(0), "log:\n{}", daemon.log_text());
     assert!(daemon.log_text().contains("stopped"));
+}
+
+/// `calld run --once`: its exit status and the outcome lines on stdout.
+fn once(env: &Env) -> (Option<i32>, String, String) {
+    let mut d = env.start_with(&["--once", "--timeout", "60s"], &[]);
+    let status = d.wait_exit();
+    (status.code(), d.stdout_text(), d.log_text())
+}
+
+#[test]
+fn once_exits_0_after_a_completed_call() {
+    let emu = Emu::start(FAST_CALLS);
+    let env = Env::new(&emu);
+    env.drop_spec("hello.yaml", &call_spec("Hello"));
+    let (code, out, log) = once(&env);
+    assert_eq!(code, Some(0), "stdout:\n{out}\nlog:\n{log}");
+    let line = out.lines().find(|l| l.starts_with("hello\t")).expect(&out);
+    assert!(line.contains("\tcompleted"), "{line}");
+    assert_eq!(emu.creates().len(), 1);
+    // the run was answered and ended, as the ledger says
+    let h = env.history("hello");
+    assert_eq!(h[0]["outcome"], "completed");
+    let states: Vec<&str> = h[0]["callStates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"].as_str().unwrap())
+        .collect();
+    assert!(states.contains(&"established"), "{states:?}");
+    assert!(states.contains(&"terminated"), "{states:?}");
+}
+
+#[test]
+fn once_exits_1_when_graph_rejects_the_call() {
+    let emu = Emu::start(FAST_CALLS);
+    let env = Env::new(&emu);
+    // another tenant than the token's: Graph (the emulator) answers 403
+    env.drop_spec(
+        "elsewhere.yaml",
+        &format!(
+            "{}tenantId: 11111111-2222-3333-4444-555555555555\n",
+            call_spec("Elsewhere")
+        ),
+    );
+    let (code, out, log) = once(&env);
+    assert_eq!(code, Some(1), "stdout:\n{out}\nlog:\n{log}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("elsewhere\t"))
+        .expect(&out);
+    assert!(line.contains("\trejected"), "{line}");
+    assert!(line.contains("403"), "the reason names the status: {line}");
+    let creates = emu.creates();
+    assert_eq!(creates.len(), 1, "a rejected request is not re-sent");
+    assert_eq!(creates[0].status, Some(403));
+}
+
+#[test]
+fn once_exits_1_when_the_token_grants_no_calling_role() {
+    let emu = Emu::start(&format!(
+        "{FAST_CALLS}clients: [{{ id: {CLIENT_ID}, roles: [] }}]\n"
+    ));
+    let env = Env::new(&emu);
+    env.drop_spec("hello.yaml", &call_spec("Hello"));
+    let (code, out, log) = once(&env);
+    assert_eq!(code, Some(1), "stdout:\n{out}\nlog:\n{log}");
+    let line = out.lines().find(|l| l.starts_with("hello\t")).expect(&out);
+    assert!(line.contains("\trejected"), "{line}");
+    assert!(
+        line.contains("Calls.Initiate.All"),
+        "names the role: {line}"
+    );
+    assert!(emu.creates().is_empty(), "nothing sent without the role");
+}
+
+#[test]
+fn once_exits_1_when_graph_keeps_throttling() {
+    let emu = Emu::start(&format!("{FAST_CALLS}faults: {{ retryAfter: 100ms }}\n"));
+    // more 429s than the Graph client's attempts
+    emu.set_fault_script(vec![calld::emulator::ScriptedFault::Throttle; 10]);
+    let env = Env::new(&emu);
+    env.drop_spec("hello.yaml", &call_spec("Hello"));
+    let (code, out, log) = once(&env);
+    assert_eq!(code, Some(1), "stdout:\n{out}\nlog:\n{log}");
+    let line = out.lines().find(|l| l.starts_with("hello\t")).expect(&out);
+    assert!(line.contains("\tfailed"), "{line}");
+    assert!(line.contains("429"), "{line}");
+    // the same run, re-sent only because Graph said it did not process it
+    let per_run = creates_per_run(&emu.creates());
+    assert_eq!(per_run.len(), 1, "{per_run:?}");
+    let sent = *per_run.values().next().unwrap();
+    assert!(sent > 1, "throttled requests are re-sent");
+    let h = env.history("hello");
+    assert_eq!(h[0]["attempts"].as_array().unwrap().len(), sent);
+}
+
+#[test]
+fn once_exits_1_when_the_answer_is_lost() {
+    let emu = Emu::start(FAST_CALLS);
+    // a 503 without Retry-After may have been processed: never re-sent
+    emu.set_fault_script(vec![
+        calld::emulator::ScriptedFault::UnavailableNoRetryAfter,
+    ]);
+    let env = Env::new(&emu);
+    env.drop_spec("hello.yaml", &call_spec("Hello"));
+    let (code, out, log) = once(&env);
+    assert_eq!(code, Some(1), "stdout:\n{out}\nlog:\n{log}");
+    let line = out.lines().find(|l| l.starts_with("hello\t")).expect(&out);
+    assert!(line.contains("\tunknown"), "{line}");
+    assert!(line.contains("503"), "{line}");
+    assert_eq!(emu.creates().len(), 1, "not re-sent");
+}
+
+#[test]
+fn once_with_nothing_due_exits_0() {
+    let emu = Emu::start(FAST_CALLS);
+    let env = Env::new(&emu);
+    env.drop_spec(
+        "yearly.yaml",
+        &format!(
+            "{}schedule: {{ cron: \"0 9 1 1 *\" }}\n",
+            call_spec("New year")
+        ),
+    );
+    let (code, out, log) = once(&env);
+    assert_eq!(code, Some(0), "stdout:\n{out}\nlog:\n{log}");
+    assert!(out.contains("nothing was due"), "{out}");
+    assert!(emu.creates().is_empty());
+}
+
+/// A `* * * * *` spec (deadline 90s) whose daemon stopped across three cron
+/// times: the restart places only the last and records the two others
+/// `missed`. The first daemon runs with its clock shifted back
+/// (`CALLD_TEST_CLOCK_OFFSET`) so no test waits three minutes.
+#[test]
+fn downtime_across_three_cron_times_places_the_last_and_misses_two() {
+    let emu = Emu::start(FAST_CALLS);
+    let env = Env::new(&emu);
+    let spec = format!(
+        "{}schedule: {{ cron: \"* * * * *\", deadline: 90s }}\n",
+        call_spec("Every minute")
+    );
+    env.drop_spec("minutely.yaml", &spec);
+
+    // s3: the last minute boundary; the restart must come within 90 s of it.
+    // Give the test at least 45 s for that: wait for a fresh minute if needed.
+    let minute = |t: jiff::Timestamp| t.as_second().div_euclid(60) * 60;
+    while jiff::Timestamp::now().as_second() - minute(jiff::Timestamp::now()) > 45 {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let now = jiff::Timestamp::now();
+    let s3 = minute(now);
+    // the first daemon's clock: 150 s before s3, so s3-120, s3-60 and s3
+    // pass while it is down
+    let offset_ms = now.as_millisecond() - (s3 - 150) * 1000;
+    let offset = format!("-{offset_ms}ms");
+    let ts = |s: i64| jiff::Timestamp::from_second(s).unwrap().to_string();
+
+    let mut first = env.start_with(&[], &[("CALLD_TEST_CLOCK_OFFSET", offset.as_str())]);
+    first.wait_log("calls directory loaded");
+    // Its first sight of the spec places s3-180 (within the 90 s deadline
+    // of first sight: a file written just before its time still rings);
+    // wait for that call to end, and for s3-120 planned.
+    wait_until("s3-180 completed and s3-120 planned", || {
+        let h = env.history("minutely");
+        let at = |s: i64| h.iter().find(|r| r["scheduledAt"] == ts(s).as_str());
+        let planned = at(s3 - 120)?["state"] == "scheduled";
+        let over = at(s3 - 180)?["outcome"] == "completed";
+        (planned && over && h.len() == 2).then_some(())
+    });
+    assert_eq!(first.stop().code(), Some(0));
+    let before: std::collections::BTreeSet<String> =
+        creates_per_run(&emu.creates()).into_keys().collect();
+
+    let _second = env.start();
+    let placed = wait_until("s3 placed and finished", || {
+        let h = env.history("minutely");
+        h.iter()
+            .find(|r| r["scheduledAt"] == ts(s3).as_str() && r["state"] == "finished")
+            .cloned()
+    });
+    assert_eq!(
+        placed["outcome"],
+        "completed",
+        "{:#?}",
+        env.history("minutely")
+    );
+    let h = env.history("minutely");
+    let outcome_of = |s: i64| {
+        h.iter()
+            .find(|r| r["scheduledAt"] == ts(s).as_str())
+            .map(|r| r["outcome"].clone())
+    };
+    assert_eq!(outcome_of(s3 - 120), Some("missed".into()), "{h:#?}");
+    assert_eq!(outcome_of(s3 - 60), Some("missed".into()), "{h:#?}");
+    // exactly one create since the restart, for the s3 run
+    let after: Vec<String> = creates_per_run(&emu.creates())
+        .into_iter()
+        .filter(|(id, _)| !before.contains(id))
+        .map(|(id, n)| {
+            assert_eq!(n, 1, "run {id} sent {n} times");
+            id
+        })
+        .collect();
+    assert_eq!(after, vec![placed["id"].as_str().unwrap().to_string()]);
 }

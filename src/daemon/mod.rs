@@ -281,6 +281,9 @@ impl Controller {
                 })
                 .await?;
                 if let Some(run) = done {
+                    if self.rt.once.is_some() && outcome == Outcome::Rejected {
+                        self.watched.insert(run.id.clone());
+                    }
                     log_outcome(&run, outcome, &reason);
                 }
             }
@@ -290,11 +293,17 @@ impl Controller {
                 reason,
                 ..
             } => {
-                let r2 = reason.clone();
-                let run = with_ledger(&self.rt.ledger, move |l| {
-                    l.finish(&id, &Finish::new(outcome).reason(r2), now)
+                let (run, reason) = with_ledger(&self.rt.ledger, move |l| {
+                    let reason = with_attempt_error(l, &id, outcome, reason)?;
+                    let run = l.finish(&id, &Finish::new(outcome).reason(reason.clone()), now)?;
+                    Ok((run, reason))
                 })
                 .await?;
+                // `--once` waits for (and reports) a due run refused before
+                // any request, e.g. for a missing permission, like one it sent.
+                if self.rt.once.is_some() && outcome == Outcome::Rejected {
+                    self.watched.insert(run.id.clone());
+                }
                 log_outcome(&run, outcome, &reason);
             }
             Action::Retry {
@@ -617,6 +626,51 @@ async fn record_create(
         Ok(())
     })
     .await
+}
+
+/// A run that ends `rejected`, `failed` or `unknown` after a request: its
+/// reason gets the last attempt's error (HTTP status, Graph's code and
+/// message), so the outcome line, `status` and `--once` say why.
+fn with_attempt_error(
+    l: &SqliteLedger,
+    id: &str,
+    outcome: Outcome,
+    reason: String,
+) -> ledger::Result<String> {
+    if !matches!(
+        outcome,
+        Outcome::Rejected | Outcome::Failed | Outcome::Unknown
+    ) {
+        return Ok(reason);
+    }
+    let attempts = l.attempts(id)?;
+    let Some(last) = attempts.iter().max_by_key(|a| a.number) else {
+        return Ok(reason);
+    };
+    let mut text = String::new();
+    if let Some(s) = last.http_status {
+        text = format!("HTTP {s}");
+    }
+    if let Some(c) = &last.error_code {
+        text = format!("{text} {c}").trim_start().to_string();
+    }
+    if let Some(m) = last.error_message.as_deref().filter(|m| !m.is_empty()) {
+        // the daemon's own message may already start with "HTTP 403: "
+        let m = match last.http_status {
+            Some(s) => m.strip_prefix(&format!("HTTP {s}: ")).unwrap_or(m),
+            None => m,
+        };
+        text = if text.is_empty() {
+            m.to_string()
+        } else {
+            format!("{text}: {m}")
+        };
+    }
+    Ok(if text.is_empty() {
+        reason
+    } else {
+        format!("{reason} ({text})")
+    })
 }
 
 /// One structured log line per outcome.

@@ -188,10 +188,11 @@ async fn run_async(mut config: Config, args: RunArgs) -> anyhow::Result<u8> {
         .with_context(|| format!("cannot create the state directory {}", state_dir.display()))?;
     let calls_dir = config.calls_dir();
     let ledger_dir = state_dir.clone();
-    let ledger =
-        tokio::task::spawn_blocking(move || SqliteLedger::open_in(&ledger_dir, crate::clock::now()))
-            .await
-            .expect("ledger open task")?;
+    let ledger = tokio::task::spawn_blocking(move || {
+        SqliteLedger::open_in(&ledger_dir, crate::clock::now())
+    })
+    .await
+    .expect("ledger open task")?;
     for id in ledger.recovered() {
         tracing::warn!(run = %id, outcome = "unknown", "run was in flight when the daemon stopped; recorded as unknown (never re-sent)");
     }

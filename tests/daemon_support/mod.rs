@@ -188,11 +188,7 @@ impl Env {
     /// Writes a spec outside the calls directory, then renames it in (an
     /// atomic drop, as an operator or a deploy tool would).
     pub fn drop_spec(&self, rel: &str, content: &str) {
-        let staging = self
-            .dir
-            .path()
-            .join("staging")
-            .join(rel.replace('/', "_"));
+        let staging = self.dir.path().join("staging").join(rel.replace('/', "_"));
         std::fs::write(&staging, content).unwrap();
         let target = self.calls.join(rel);
         if let Some(parent) = target.parent() {
