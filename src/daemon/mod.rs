@@ -446,6 +446,7 @@ impl Controller {
     /// A validated notification from the callback listener.
     pub(crate) async fn on_notification(&mut self, inbound: Inbound) {
         let now = crate::clock::now();
+        let mut recorded = true;
         for event in inbound.events {
             let Some(state) = event.state.as_ref() else {
                 continue;
@@ -488,8 +489,16 @@ impl Controller {
                     run = inbound.run_id.as_deref().unwrap_or(""),
                     "notification for a call calld did not place; ignored"
                 ),
-                Err(e) => tracing::warn!(error = %e, "cannot record a notification"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot record a notification; Graph is asked to send it again");
+                    recorded = false;
+                }
             }
+        }
+        // recorded (or not ours): the listener may answer 202; otherwise
+        // dropping the ack answers 503 and Graph delivers it again
+        if recorded {
+            inbound.ack.done();
         }
     }
 

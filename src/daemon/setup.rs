@@ -275,6 +275,11 @@ async fn run_async(mut config: Config, args: RunArgs) -> anyhow::Result<u8> {
         }
     };
     config.callback.public_url = public_url.clone();
+    // A notification is answered 202 only once it is in the ledger: one
+    // acknowledged and then lost to a crash would leave its run waiting
+    // (or end it wrongly, e.g. `notEstablished` for an answered call).
+    let mut callback_opts = callback_opts;
+    callback_opts.ack_timeout = Some(Duration::from_secs(10));
 
     // Notifications → the controller.
     let (notif_tx, mut notif_rx) = mpsc::channel(4096);
@@ -392,6 +397,12 @@ async fn run_async(mut config: Config, args: RunArgs) -> anyhow::Result<u8> {
         status = controller.status_line(),
         "stopping: no new placements"
     );
+    // Notifications already queued are recorded (and acknowledged); later
+    // ones are refused with 503, so Graph delivers them to the next start.
+    notif_rx.close();
+    while let Some(inbound) = notif_rx.recv().await {
+        controller.on_notification(inbound).await;
+    }
     let _ = shutdown_tx.send(true);
     // let request tasks that are already running record their result
     let drain_until = tokio::time::Instant::now() + Duration::from_secs(10);
