@@ -97,6 +97,10 @@ pub(crate) struct Controller {
     /// `--once`: the runs placed by this process, to wait for.
     watched: BTreeSet<String>,
     last_status: String,
+    /// A due run was left `scheduled` by the last decision because
+    /// `graph.maxConcurrentRequests` requests were in flight; the next
+    /// finished request triggers the decision that places it.
+    pub(crate) deferred: bool,
 }
 
 /// How the controller loop ended.
@@ -118,6 +122,7 @@ impl Controller {
             events_tx,
             watched: BTreeSet::new(),
             last_status: String::new(),
+            deferred: false,
         }
     }
 
@@ -182,6 +187,7 @@ impl Controller {
     /// decide again.
     pub(crate) async fn decide(&mut self) -> anyhow::Result<Option<Timestamp>> {
         let now = crate::clock::now();
+        self.deferred = false;
         let (runs, progress, latest, last_slots) = with_ledger(&self.rt.ledger, |l| {
             let runs = l.open_runs()?;
             let progress = l.open_run_progress()?;
@@ -349,8 +355,18 @@ impl Controller {
 
     /// Marks the run `requesting` (durable), then sends the create request
     /// from a task of its own.
+    ///
+    /// At most `graph.maxConcurrentRequests` runs are `requesting` at once:
+    /// a run marked `requesting` that waited in the Graph client's queue
+    /// would become `unknown` in a crash (never re-sent) although Graph
+    /// never saw it. Beyond the limit the run stays `scheduled` (its
+    /// deadline still applies) until a request finishes.
     async fn place(&mut self, id: String, key: RunKey) -> anyhow::Result<()> {
         if self.in_flight.contains(&id) {
+            return Ok(());
+        }
+        if self.in_flight.len() >= self.rt.config.graph.max_concurrent_requests.max(1) {
+            self.deferred = true;
             return Ok(());
         }
         let Some(spec) = self.specs.specs.get(&key.spec).cloned() else {

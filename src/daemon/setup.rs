@@ -348,6 +348,9 @@ async fn run_async(mut config: Config, args: RunArgs) -> anyhow::Result<u8> {
             }
             prune_at = tokio::time::Instant::now() + Duration::from_secs(3600);
         }
+        // A placement deferred for lack of a request slot is due already:
+        // the next finished request (an event) wakes the loop, not the clock.
+        let wake = wake.filter(|w| !(controller.deferred && *w <= crate::clock::now()));
         let sleep_for = wake
             .map(|w| {
                 let d = w.duration_since(crate::clock::now());
