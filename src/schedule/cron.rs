@@ -20,7 +20,9 @@
 //! Every run is a distinct instant and the search returns them in strictly
 //! increasing order.
 
+use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use croner::Cron;
 use jiff::civil::DateTime;
@@ -35,14 +37,37 @@ const EXAMPLE: &str = "e.g. `0 9 * * Mon-Fri` (09:00 on weekdays) or `*/15 * * *
 /// fold); the bound only stops a pathological zone from looping.
 const MAX_STEPS: usize = 100_000;
 
+/// Parsed, valid patterns by their numeric text (weak: a pattern no spec
+/// uses any more is dropped).
+fn cache() -> &'static Mutex<(HashMap<String, Weak<Cron>>, usize)> {
+    static CACHE: OnceLock<Mutex<(HashMap<String, Weak<Cron>>, usize)>> = OnceLock::new();
+    CACHE.get_or_init(|| Mutex::new((HashMap::new(), 1024)))
+}
+
+fn interned(pattern: &str) -> Option<Arc<Cron>> {
+    let guard = cache().lock().unwrap_or_else(|p| p.into_inner());
+    guard.0.get(pattern).and_then(Weak::upgrade)
+}
+
+fn intern(pattern: &str, cron: &Arc<Cron>) {
+    let mut guard = cache().lock().unwrap_or_else(|p| p.into_inner());
+    let (map, prune_at) = &mut *guard;
+    map.insert(pattern.to_string(), Arc::downgrade(cron));
+    if map.len() >= *prune_at {
+        map.retain(|_, w| w.strong_count() > 0);
+        *prune_at = (map.len() * 2).max(1024);
+    }
+}
+
 /// A parsed 5-field crontab expression (minute hour day-of-month month
 /// day-of-week) or one of the `@daily`-style macros.
 #[derive(Clone)]
 pub struct CronExpr {
     /// As written (trimmed), for display and error messages.
     text: String,
-    /// The numeric pattern handed to croner (names and macros expanded).
-    cron: Box<Cron>,
+    /// The numeric pattern handed to croner (names and macros expanded),
+    /// shared by every expression with the same pattern.
+    cron: Arc<Cron>,
     /// Vixie's "wildcard job": the minute or hour field starts with `*`.
     interval: bool,
 }
@@ -150,24 +175,46 @@ impl CronExpr {
         let mut numeric = Vec::with_capacity(5);
         for (i, raw) in fields.iter().enumerate() {
             let field = normalize_field(i, raw).map_err(|why| field_error(i, raw, &why))?;
-            // Let croner check the field on its own so that its complaint
-            // can be pinned to this field.
-            let mut probe = ["*"; 5];
-            probe[i] = &field;
-            if let Err(e) = Cron::from_str(&probe.join(" ")) {
-                return Err(field_error(i, raw, &croner_reason(&e)));
-            }
             numeric.push(field);
         }
         let pattern = numeric.join(" ");
-        let cron = Cron::from_str(&pattern)
-            .map_err(|e| format!("cron expression `{text}`: {}; {EXAMPLE}", croner_reason(&e)))?;
+        let interval = fields[0].starts_with('*') || fields[1].starts_with('*');
+        // A pattern already parsed (and checked) by another spec is shared:
+        // croner keeps a 10,000-entry year table per expression, so 100,000
+        // specs would otherwise hold a gigabyte of identical tables.
+        if let Some(cron) = interned(&pattern) {
+            return Ok(CronExpr {
+                text: text.to_string(),
+                cron,
+                interval,
+            });
+        }
+        let cron = match Cron::from_str(&pattern) {
+            Ok(c) => c,
+            Err(e) => {
+                // Let croner check each field on its own so that its
+                // complaint can be pinned to that field (only on failure:
+                // each parse fills the year table).
+                for (i, field) in numeric.iter().enumerate() {
+                    let mut probe = ["*"; 5];
+                    probe[i] = field;
+                    if let Err(e) = Cron::from_str(&probe.join(" ")) {
+                        return Err(field_error(i, fields[i], &croner_reason(&e)));
+                    }
+                }
+                return Err(format!(
+                    "cron expression `{text}`: {}; {EXAMPLE}",
+                    croner_reason(&e)
+                ));
+            }
+        };
         let expr = CronExpr {
             text: text.to_string(),
-            cron: Box::new(cron),
-            interval: fields[0].starts_with('*') || fields[1].starts_with('*'),
+            cron: Arc::new(cron),
+            interval,
         };
         expr.check_matches_some_date()?;
+        intern(&pattern, &expr.cron);
         Ok(expr)
     }
 
