@@ -38,9 +38,11 @@ const EXAMPLE: &str = "e.g. `0 9 * * Mon-Fri` (09:00 on weekdays) or `*/15 * * *
 const MAX_STEPS: usize = 100_000;
 
 /// Parsed, valid patterns by their numeric text (weak: a pattern no spec
-/// uses any more is dropped).
-fn cache() -> &'static Mutex<(HashMap<String, Weak<Cron>>, usize)> {
-    static CACHE: OnceLock<Mutex<(HashMap<String, Weak<Cron>>, usize)>> = OnceLock::new();
+/// uses any more is dropped), and the size at which dead entries are pruned.
+type Interned = Mutex<(HashMap<String, Weak<Cron>>, usize)>;
+
+fn cache() -> &'static Interned {
+    static CACHE: OnceLock<Interned> = OnceLock::new();
     CACHE.get_or_init(|| Mutex::new((HashMap::new(), 1024)))
 }
 
