@@ -81,6 +81,7 @@ async fn seed_notifications_are_accepted_and_queued() {
                     state: Some(state),
                     result_info: None,
                 }],
+                ack: Default::default(),
             }
         );
     }

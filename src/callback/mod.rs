@@ -41,7 +41,7 @@ pub mod token;
 
 pub use keys::{KeyCache, KeyCacheStats};
 pub use notification::{
-    CallEvent, CallState, ChangeType, Inbound, ParseError, ResultInfo, describe_result,
+    Ack, CallEvent, CallState, ChangeType, Inbound, ParseError, ResultInfo, describe_result,
     parse_notification,
 };
 pub use server::{

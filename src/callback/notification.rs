@@ -22,7 +22,56 @@ pub struct Inbound {
     pub tenant_id: Option<String>,
     /// The call events of the body, in the order Graph sent them.
     pub events: Vec<CallEvent>,
+    /// With [`CallbackOptions::ack_timeout`](crate::callback::CallbackOptions)
+    /// set, the listener answers 202 only once the daemon calls
+    /// [`Ack::done`] (after recording the events durably); otherwise it is
+    /// inert. Ignored by `==`.
+    pub ack: Ack,
 }
+
+/// The daemon's "recorded" for one [`Inbound`]. Dropping it without
+/// [`Ack::done`] (the daemon stopping) makes the listener answer 503, so
+/// Graph delivers the notification again.
+#[derive(Clone, Default)]
+pub struct Ack(Option<std::sync::Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>>>);
+
+impl Ack {
+    /// An ack the listener waits for, and its receiving end.
+    pub fn channel() -> (Ack, tokio::sync::oneshot::Receiver<()>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (
+            Ack(Some(std::sync::Arc::new(std::sync::Mutex::new(Some(tx))))),
+            rx,
+        )
+    }
+
+    /// The events are recorded: the listener may answer 202.
+    pub fn done(&self) {
+        if let Some(slot) = &self.0
+            && let Some(tx) = slot.lock().unwrap_or_else(|p| p.into_inner()).take()
+        {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl std::fmt::Debug for Ack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Ack(awaited)"
+        } else {
+            "Ack"
+        })
+    }
+}
+
+impl PartialEq for Ack {
+    fn eq(&self, _: &Ack) -> bool {
+        true
+    }
+}
+
+impl Eq for Ack {}
 
 /// One change of one call.
 #[derive(Debug, Clone, PartialEq, Eq)]

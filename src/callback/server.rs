@@ -55,6 +55,12 @@ pub struct CallbackOptions {
     pub key_refresh_interval: Duration,
     /// At most one refresh caused by an unknown key id per this interval.
     pub unknown_kid_min_interval: Duration,
+    /// `Some(t)`: answer 202 only after the receiver has recorded the
+    /// notification ([`Inbound::ack`]), waiting at most `t`, else 503 with
+    /// `Retry-After` so Graph delivers it again (the daemon: a notification
+    /// acknowledged is never lost to a crash). `None` (default): 202 as soon
+    /// as it is queued.
+    pub ack_timeout: Option<Duration>,
 }
 
 impl CallbackOptions {
@@ -72,6 +78,7 @@ impl CallbackOptions {
             leeway: Duration::from_secs(60),
             key_refresh_interval: Duration::from_secs(24 * 3600),
             unknown_kid_min_interval: Duration::from_secs(60),
+            ack_timeout: None,
         }
     }
 
@@ -418,13 +425,32 @@ async fn notify(State(st): State<CallbackState>, req: Request) -> Response {
         return StatusCode::ACCEPTED.into_response();
     }
     let n_events = events.len() as u64;
+    let (ack, recorded) = match opts.ack_timeout {
+        Some(t) => {
+            let (ack, rx) = crate::callback::Ack::channel();
+            (ack, Some((t, rx)))
+        }
+        None => (crate::callback::Ack::default(), None),
+    };
     let inbound = Inbound {
         run_id: run_id(parts.uri.query()),
         tenant_id,
         events,
+        ack,
     };
     match st.inner.tx.try_send(inbound) {
         Ok(()) => {
+            if let Some((t, rx)) = recorded
+                && !matches!(tokio::time::timeout(t, rx).await, Ok(Ok(())))
+            {
+                // not recorded (stopping, or too slow): Graph re-delivers
+                bump(&stats.overloaded);
+                st.refused(StatusCode::SERVICE_UNAVAILABLE, "not recorded in time");
+                let mut r = plain(StatusCode::SERVICE_UNAVAILABLE, "not recorded in time");
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return r;
+            }
             bump(&stats.accepted);
             stats.events.fetch_add(n_events, Ordering::Relaxed);
             StatusCode::ACCEPTED.into_response()

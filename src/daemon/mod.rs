@@ -104,6 +104,10 @@ pub(crate) struct Controller {
     /// Due times of the open runs of the last decision (for the lag metric).
     due: HashMap<String, Timestamp>,
     last_status: String,
+    /// A due run was left `scheduled` by the last decision because
+    /// `graph.maxConcurrentRequests` requests were in flight; the next
+    /// finished request triggers the decision that places it.
+    pub(crate) deferred: bool,
 }
 
 /// How the controller loop ended.
@@ -126,6 +130,7 @@ impl Controller {
             watched: BTreeSet::new(),
             due: HashMap::new(),
             last_status: String::new(),
+            deferred: false,
         }
     }
 
@@ -196,6 +201,7 @@ impl Controller {
     /// decide again.
     pub(crate) async fn decide(&mut self) -> anyhow::Result<Option<Timestamp>> {
         let now = crate::clock::now();
+        self.deferred = false;
         let (runs, progress, latest, last_slots) = with_ledger(&self.rt.ledger, |l| {
             let runs = l.open_runs()?;
             let progress = l.open_run_progress()?;
@@ -303,6 +309,9 @@ impl Controller {
                 })
                 .await?;
                 if let Some(run) = done {
+                    if self.rt.once.is_some() && outcome == Outcome::Rejected {
+                        self.watched.insert(run.id.clone());
+                    }
                     log_outcome(&run, outcome, &reason);
                     self.rt.metrics.run_finished(outcome.as_str());
                 }
@@ -313,11 +322,17 @@ impl Controller {
                 reason,
                 ..
             } => {
-                let r2 = reason.clone();
-                let run = with_ledger(&self.rt.ledger, move |l| {
-                    l.finish(&id, &Finish::new(outcome).reason(r2), now)
+                let (run, reason) = with_ledger(&self.rt.ledger, move |l| {
+                    let reason = with_attempt_error(l, &id, outcome, reason)?;
+                    let run = l.finish(&id, &Finish::new(outcome).reason(reason.clone()), now)?;
+                    Ok((run, reason))
                 })
                 .await?;
+                // `--once` waits for (and reports) a due run refused before
+                // any request, e.g. for a missing permission, like one it sent.
+                if self.rt.once.is_some() && outcome == Outcome::Rejected {
+                    self.watched.insert(run.id.clone());
+                }
                 log_outcome(&run, outcome, &reason);
                 self.rt.metrics.run_finished(outcome.as_str());
             }
@@ -368,8 +383,18 @@ impl Controller {
 
     /// Marks the run `requesting` (durable), then sends the create request
     /// from a task of its own.
+    ///
+    /// At most `graph.maxConcurrentRequests` runs are `requesting` at once:
+    /// a run marked `requesting` that waited in the Graph client's queue
+    /// would become `unknown` in a crash (never re-sent) although Graph
+    /// never saw it. Beyond the limit the run stays `scheduled` (its
+    /// deadline still applies) until a request finishes.
     async fn place(&mut self, id: String, key: RunKey) -> anyhow::Result<()> {
         if self.in_flight.contains(&id) {
+            return Ok(());
+        }
+        if self.in_flight.len() >= self.rt.config.graph.max_concurrent_requests.max(1) {
+            self.deferred = true;
             return Ok(());
         }
         let Some(spec) = self.specs.specs.get(&key.spec).cloned() else {
@@ -490,57 +515,72 @@ impl Controller {
     /// ledger transaction (one fsync for the whole batch).
     pub(crate) async fn on_notifications(&mut self, inbound: Vec<Inbound>) {
         let now = crate::clock::now();
-        let batch: Vec<ledger::StateNotice> = inbound
-            .iter()
-            .flat_map(|n| {
-                n.events.iter().filter_map(|event| {
-                    let state = event.state.as_ref()?;
-                    Some(ledger::StateNotice {
-                        // calldRun first; else the Graph call id
-                        run_id: n.run_id.clone(),
-                        update: CallStateUpdate {
-                            state: ledger::CallState::from(state.as_str()),
-                            call_id: event.call_id.clone(),
-                            result_info: event.result_info.as_ref().map(|r| ResultInfo {
-                                code: Some(r.code),
-                                subcode: Some(r.subcode),
-                                message: r.message.clone(),
-                            }),
-                        },
-                    })
-                })
-            })
-            .collect();
-        if batch.is_empty() {
-            return;
-        }
-        let notices = batch.clone();
-        let results = match with_ledger(&self.rt.ledger, move |l| {
-            l.record_call_states(&notices, now)
-        })
-        .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, count = batch.len(), "cannot record notifications");
-                return;
+        // Each notice remembers which request it came from, so a request is
+        // acknowledged (202) only once all of its notices are recorded.
+        let mut owners = Vec::new();
+        let mut batch: Vec<ledger::StateNotice> = Vec::new();
+        for (i, n) in inbound.iter().enumerate() {
+            for event in &n.events {
+                let Some(state) = event.state.as_ref() else {
+                    continue;
+                };
+                owners.push(i);
+                batch.push(ledger::StateNotice {
+                    // calldRun first; else the Graph call id
+                    run_id: n.run_id.clone(),
+                    update: CallStateUpdate {
+                        state: ledger::CallState::from(state.as_str()),
+                        call_id: event.call_id.clone(),
+                        result_info: event.result_info.as_ref().map(|r| ResultInfo {
+                            code: Some(r.code),
+                            subcode: Some(r.subcode),
+                            message: r.message.clone(),
+                        }),
+                    },
+                });
             }
-        };
-        for (notice, res) in batch.iter().zip(results) {
-            match res {
-                Ok(Some(n)) => {
-                    self.rt.metrics.notification("recorded");
-                    tracing::debug!(run = %n.run.id, spec = %n.run.spec, state = %notice.update.state, change = ?n.change, "notification")
+        }
+        let mut recorded = vec![true; inbound.len()];
+        if !batch.is_empty() {
+            let notices = batch.clone();
+            match with_ledger(&self.rt.ledger, move |l| {
+                l.record_call_states(&notices, now)
+            })
+            .await
+            {
+                Ok(results) => {
+                    for ((notice, owner), res) in batch.iter().zip(&owners).zip(results) {
+                        match res {
+                            Ok(Some(n)) => {
+                                self.rt.metrics.notification("recorded");
+                                tracing::debug!(run = %n.run.id, spec = %n.run.spec, state = %notice.update.state, change = ?n.change, "notification")
+                            }
+                            Ok(None) => {
+                                self.rt.metrics.notification("unmatched");
+                                tracing::info!(
+                                    call_id = notice.update.call_id.as_deref().unwrap_or(""),
+                                    run = notice.run_id.as_deref().unwrap_or(""),
+                                    "notification for a call calld did not place; ignored"
+                                )
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot record a notification; Graph is asked to send it again");
+                                recorded[*owner] = false;
+                            }
+                        }
+                    }
                 }
-                Ok(None) => {
-                    self.rt.metrics.notification("unmatched");
-                    tracing::info!(
-                        call_id = notice.update.call_id.as_deref().unwrap_or(""),
-                        run = notice.run_id.as_deref().unwrap_or(""),
-                        "notification for a call calld did not place; ignored"
-                    )
+                Err(e) => {
+                    tracing::warn!(error = %e, count = batch.len(), "cannot record notifications; Graph is asked to send them again");
+                    recorded.iter_mut().for_each(|r| *r = false);
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot record a notification"),
+            }
+        }
+        // Recorded (or not ours): the listener may answer 202; otherwise
+        // dropping the ack answers 503 and Graph delivers it again.
+        for (n, ok) in inbound.iter().zip(recorded) {
+            if ok {
+                n.ack.done();
             }
         }
     }
@@ -680,6 +720,51 @@ async fn record_create(
         Ok(())
     })
     .await
+}
+
+/// A run that ends `rejected`, `failed` or `unknown` after a request: its
+/// reason gets the last attempt's error (HTTP status, Graph's code and
+/// message), so the outcome line, `status` and `--once` say why.
+fn with_attempt_error(
+    l: &SqliteLedger,
+    id: &str,
+    outcome: Outcome,
+    reason: String,
+) -> ledger::Result<String> {
+    if !matches!(
+        outcome,
+        Outcome::Rejected | Outcome::Failed | Outcome::Unknown
+    ) {
+        return Ok(reason);
+    }
+    let attempts = l.attempts(id)?;
+    let Some(last) = attempts.iter().max_by_key(|a| a.number) else {
+        return Ok(reason);
+    };
+    let mut text = String::new();
+    if let Some(s) = last.http_status {
+        text = format!("HTTP {s}");
+    }
+    if let Some(c) = &last.error_code {
+        text = format!("{text} {c}").trim_start().to_string();
+    }
+    if let Some(m) = last.error_message.as_deref().filter(|m| !m.is_empty()) {
+        // the daemon's own message may already start with "HTTP 403: "
+        let m = match last.http_status {
+            Some(s) => m.strip_prefix(&format!("HTTP {s}: ")).unwrap_or(m),
+            None => m,
+        };
+        text = if text.is_empty() {
+            m.to_string()
+        } else {
+            format!("{text}: {m}")
+        };
+    }
+    Ok(if text.is_empty() {
+        reason
+    } else {
+        format!("{reason} ({text})")
+    })
 }
 
 /// One structured log line per outcome.

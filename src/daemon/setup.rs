@@ -268,6 +268,11 @@ async fn run_async(
         }
     };
     config.callback.public_url = public_url.clone();
+    // A notification is answered 202 only once it is in the ledger: one
+    // acknowledged and then lost to a crash would leave its run waiting
+    // (or end it wrongly, e.g. `notEstablished` for an answered call).
+    let mut callback_opts = callback_opts;
+    callback_opts.ack_timeout = Some(Duration::from_secs(10));
 
     // Notifications → the controller.
     let (notif_tx, mut notif_rx) = mpsc::channel(4096);
@@ -372,6 +377,9 @@ async fn run_async(
             }
             prune_at = tokio::time::Instant::now() + Duration::from_secs(3600);
         }
+        // A placement deferred for lack of a request slot is due already:
+        // the next finished request (an event) wakes the loop, not the clock.
+        let wake = wake.filter(|w| !(controller.deferred && *w <= crate::clock::now()));
         let sleep_for = wake
             .map(|w| {
                 let d = w.duration_since(crate::clock::now());
@@ -450,6 +458,16 @@ async fn run_async(
     );
     let _ = notifier.stopping();
     admin_state.set_ready(false);
+    // Notifications already queued are recorded (and acknowledged); later
+    // ones are refused with 503, so Graph delivers them to the next start.
+    notif_rx.close();
+    let mut rest = Vec::new();
+    while let Some(inbound) = notif_rx.recv().await {
+        rest.push(inbound);
+    }
+    if !rest.is_empty() {
+        controller.on_notifications(rest).await;
+    }
     let _ = shutdown_tx.send(true);
     // let request tasks that are already running record their result
     let drain_until = tokio::time::Instant::now() + Duration::from_secs(10);

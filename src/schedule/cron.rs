@@ -20,8 +20,9 @@
 //! Every run is a distinct instant and the search returns them in strictly
 //! increasing order.
 
+use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use croner::Cron;
 use jiff::civil::DateTime;
@@ -36,15 +37,38 @@ const EXAMPLE: &str = "e.g. `0 9 * * Mon-Fri` (09:00 on weekdays) or `*/15 * * *
 /// fold); the bound only stops a pathological zone from looping.
 const MAX_STEPS: usize = 100_000;
 
+/// Parsed, valid patterns by their numeric text (weak: a pattern no spec
+/// uses any more is dropped), and the size at which dead entries are pruned.
+type Interned = Mutex<(HashMap<String, Weak<Cron>>, usize)>;
+
+fn cache() -> &'static Interned {
+    static CACHE: OnceLock<Interned> = OnceLock::new();
+    CACHE.get_or_init(|| Mutex::new((HashMap::new(), 1024)))
+}
+
+fn interned(pattern: &str) -> Option<Arc<Cron>> {
+    let guard = cache().lock().unwrap_or_else(|p| p.into_inner());
+    guard.0.get(pattern).and_then(Weak::upgrade)
+}
+
+fn intern(pattern: &str, cron: &Arc<Cron>) {
+    let mut guard = cache().lock().unwrap_or_else(|p| p.into_inner());
+    let (map, prune_at) = &mut *guard;
+    map.insert(pattern.to_string(), Arc::downgrade(cron));
+    if map.len() >= *prune_at {
+        map.retain(|_, w| w.strong_count() > 0);
+        *prune_at = (map.len() * 2).max(1024);
+    }
+}
+
 /// A parsed 5-field crontab expression (minute hour day-of-month month
 /// day-of-week) or one of the `@daily`-style macros.
 #[derive(Clone)]
 pub struct CronExpr {
     /// As written (trimmed), for display and error messages.
     text: String,
-    /// The numeric pattern handed to croner (names and macros expanded).
-    /// Shared: croner's `Cron` is ~5.6 KB of bitfields, and clones of one
-    /// expression (calld's validator memoises parsed lines) need not copy it.
+    /// The numeric pattern handed to croner (names and macros expanded),
+    /// shared by every expression with the same pattern.
     cron: Arc<Cron>,
     /// Vixie's "wildcard job": the minute or hour field starts with `*`.
     interval: bool,
@@ -152,13 +176,27 @@ impl CronExpr {
         }
         let mut numeric = Vec::with_capacity(5);
         for (i, raw) in fields.iter().enumerate() {
-            numeric.push(normalize_field(i, raw).map_err(|why| field_error(i, raw, &why))?);
+            let field = normalize_field(i, raw).map_err(|why| field_error(i, raw, &why))?;
+            numeric.push(field);
         }
-        let cron = match Cron::from_str(&numeric.join(" ")) {
-            Ok(cron) => cron,
+        let pattern = numeric.join(" ");
+        let interval = fields[0].starts_with('*') || fields[1].starts_with('*');
+        // A pattern already parsed (and checked) by another spec is shared:
+        // croner keeps a 10,000-entry year table per expression, so 100,000
+        // specs would otherwise hold a gigabyte of identical tables.
+        if let Some(cron) = interned(&pattern) {
+            return Ok(CronExpr {
+                text: text.to_string(),
+                cron,
+                interval,
+            });
+        }
+        let cron = match Cron::from_str(&pattern) {
+            Ok(c) => c,
             Err(e) => {
                 // Let croner check each field on its own so that its
-                // complaint can be pinned to a field.
+                // complaint can be pinned to that field (only on failure:
+                // each parse fills the year table).
                 for (i, field) in numeric.iter().enumerate() {
                     let mut probe = ["*"; 5];
                     probe[i] = field;
@@ -175,9 +213,10 @@ impl CronExpr {
         let expr = CronExpr {
             text: text.to_string(),
             cron: Arc::new(cron),
-            interval: fields[0].starts_with('*') || fields[1].starts_with('*'),
+            interval,
         };
         expr.check_matches_some_date()?;
+        intern(&pattern, &expr.cron);
         Ok(expr)
     }
 
@@ -454,7 +493,6 @@ fn normalize_field(index: usize, raw: &str) -> Result<String, String> {
         if c.is_ascii_digit() || "*,-/".contains(c) || extra.contains(c) {
             out.push(c);
         } else {
-            let c = raw[i..].chars().next().unwrap_or(c);
             return Err(format!("unexpected character `{c}`"));
         }
         i += 1;
