@@ -269,7 +269,7 @@ fn invalid_files_are_reported_and_the_valid_ones_placed() {
 }
 
 #[test]
-fn sigterm_exits_0_and_sighup_rescans() {
+fn sigterm_exits_0_and_sighup_reloads_and_rescans() {
     let emu = Emu::start(FAST_CALLS);
     // no periodic resync during the test: a rescan is the SIGHUP's
     let env = Env::with_config(&emu, "daemon: { debounce: 20ms, resyncInterval: 1h }\n");
@@ -277,7 +277,7 @@ fn sigterm_exits_0_and_sighup_rescans() {
     daemon.wait_log("calls directory loaded");
     let before = daemon.log_text().matches("rescan").count();
     daemon.signal("HUP");
-    daemon.wait_log("SIGHUP: rescanning the calls directory");
+    daemon.wait_log("SIGHUP: configuration reloaded; rescanning the calls directory");
     wait_until("a rescan after SIGHUP", || {
         let text = daemon.log_text();
         let after = text
