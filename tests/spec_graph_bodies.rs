@@ -541,13 +541,18 @@ fn render_one(label: &str, text: &str) -> Json {
 fn every_rendered_body_fits_graphs_v1_schema() {
     let schema = GraphSchema::load();
     let mut bodies: Vec<(String, Json)> = Vec::new();
-    for dir in ["examples", "calls.d"] {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(root().join(dir))
+    // the seed scenarios (examples/ also holds other configuration files)
+    // and the demo specs
+    let demo: Vec<PathBuf> = {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("calls.d"))
             .unwrap()
             .map(|e| e.unwrap().path())
             .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
             .collect();
         files.sort();
+        files
+    };
+    for (dir, files) in [("examples", examples()), ("calls.d", demo)] {
         for f in files {
             let text = std::fs::read_to_string(&f).unwrap();
             let label = f.file_stem().unwrap().to_string_lossy().into_owned();
