@@ -271,6 +271,18 @@ impl Metrics {
             .inc();
     }
 
+    /// `n` notification requests handled with the same `result` (the
+    /// listener's own counters, synced by the daemon).
+    pub fn notifications_add(&self, result: &str, n: u64) {
+        if n > 0 {
+            self.notifications
+                .get_or_create(&ResultLabels {
+                    result: result.to_string(),
+                })
+                .inc_by(n);
+        }
+    }
+
     /// After a scan: how many spec files are valid and invalid.
     pub fn set_spec_files(&self, valid: u64, invalid: u64) {
         for (state, n) in [("valid", valid), ("invalid", invalid)] {

@@ -126,7 +126,7 @@ pub struct CallbackStats {
 }
 
 /// A snapshot of [`CallbackStats`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CallbackCounts {
     pub accepted: u64,

@@ -286,6 +286,7 @@ async fn run_async(
         .map(crate::callback::load_tls)
         .transpose()?;
     let callback_state = crate::callback::CallbackState::new(callback_opts, notif_tx)?;
+    let callback_stats = callback_state.stats();
     if let Some(keys) = callback_state.keys()
         && let Err(e) = keys.refresh().await
     {
@@ -354,8 +355,14 @@ async fn run_async(
     let once_deadline = once.map(|t| tokio::time::Instant::now() + t);
     let mut prune_at = tokio::time::Instant::now();
 
+    let mut listener_counts = crate::callback::CallbackCounts::default();
     let exit = loop {
         let wake = controller.decide().await?;
+        sync_listener_counts(
+            &controller.rt.metrics,
+            &callback_stats.snapshot(),
+            &mut listener_counts,
+        );
         if !ready && (sandbox || controller.rt.client.tokens().token().await.is_ok()) {
             // /readyz: loaded, ledger open, and a token obtained (or sandbox)
             ready = true;
@@ -536,6 +543,26 @@ async fn start_admin(
             None
         }
     }
+}
+
+/// Adds what the callback listener counted since the last call to
+/// `calld_notifications_total{result}` (the listener keeps plain atomics).
+fn sync_listener_counts(
+    metrics: &crate::metrics::Metrics,
+    now: &crate::callback::CallbackCounts,
+    last: &mut crate::callback::CallbackCounts,
+) {
+    for (result, new, old) in [
+        ("accepted", now.accepted, last.accepted),
+        ("unauthorized", now.unauthorized, last.unauthorized),
+        ("malformed", now.malformed, last.malformed),
+        ("tooLarge", now.too_large, last.too_large),
+        ("overloaded", now.overloaded, last.overloaded),
+        ("other", now.other, last.other),
+    ] {
+        metrics.notifications_add(result, new.saturating_sub(old));
+    }
+    *last = *now;
 }
 
 fn controller_retention(c: &Controller) -> Duration {
