@@ -626,36 +626,29 @@ impl Controller {
         if !self.in_flight.is_empty() {
             return Ok(None);
         }
-        let ids: Vec<String> = self.watched.iter().cloned().collect();
-        let runs = with_ledger(&self.rt.ledger, move |l| {
-            let mut out = Vec::new();
-            for id in &ids {
-                if let Some(r) = l.run(id)? {
-                    out.push(r);
-                }
-            }
-            Ok(out)
-        })
-        .await?;
+        let runs = self.load_watched().await?;
         Ok(runs
             .iter()
             .all(|r| r.state == ledger::RunState::Finished)
             .then_some(runs))
     }
 
+    /// `--once` after its timeout: the runs as they are now.
     pub(crate) async fn watched_runs(&self) -> Vec<Run> {
+        self.load_watched().await.unwrap_or_default()
+    }
+
+    /// The runs placed (or refused) by this process, from the ledger.
+    async fn load_watched(&self) -> ledger::Result<Vec<Run>> {
         let ids: Vec<String> = self.watched.iter().cloned().collect();
         with_ledger(&self.rt.ledger, move |l| {
             let mut out = Vec::new();
             for id in &ids {
-                if let Some(r) = l.run(id)? {
-                    out.push(r);
-                }
+                out.extend(l.run(id)?);
             }
             Ok(out)
         })
         .await
-        .unwrap_or_default()
     }
 }
 

@@ -375,7 +375,7 @@ async fn run_async(
         }
         if tokio::time::Instant::now() >= prune_at {
             let cutoff = crate::clock::now()
-                - jiff::SignedDuration::try_from(controller_retention(&controller))
+                - jiff::SignedDuration::try_from(controller.rt.config.daemon.history_retention)
                     .unwrap_or_default();
             match with_ledger(&ledger, move |l| l.prune(cutoff)).await {
                 Ok(n) if n > 0 => tracing::info!(pruned = n, "old runs pruned from the ledger"),
@@ -563,10 +563,6 @@ fn sync_listener_counts(
         metrics.notifications_add(result, new.saturating_sub(old));
     }
     *last = *now;
-}
-
-fn controller_retention(c: &Controller) -> Duration {
-    c.rt.config.daemon.history_retention
 }
 
 /// `--once`: one line per run placed, exit 0 only if all completed.
