@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use assert_cmd::Command;
 use serde_json::{Value as Json, json};
 
-const HEAD: &str = "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\n";
+const HEAD: &str = "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    applicationInstance: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\n";
 const TARGET: &str = "targets:\n  - phone: \"+14255550100\"\n";
 
 struct Env {
@@ -18,7 +18,12 @@ struct Env {
 impl Env {
     fn new() -> Self {
         let tmp = tempfile::tempdir().unwrap();
-        std::fs::write(tmp.path().join("calld.yaml"), "callsDir: calls\n").unwrap();
+        // a PSTN call needs a tenant (Graph's create-call rules)
+        std::fs::write(
+            tmp.path().join("calld.yaml"),
+            "callsDir: calls\ndefaults:\n  tenantId: 72f988bf-86f1-41af-91ab-2d7cd011db47\n",
+        )
+        .unwrap();
         std::fs::create_dir(tmp.path().join("calls")).unwrap();
         Env { tmp }
     }

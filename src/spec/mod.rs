@@ -6,6 +6,7 @@
 //! value. [`render`] makes Graph's create-call request from a spec; [`load`]
 //! does it for whole files and directories.
 
+pub mod bodycheck;
 pub mod diag;
 pub mod files;
 pub mod joinurl;

@@ -39,7 +39,9 @@ pub struct Call {
     pub tenant_id: Option<String>,
     /// https (or http to a loopback host); without calld's `calldRun` query.
     pub callback_uri: String,
-    pub source: Participant,
+    /// The caller. `None`: Graph fills it in from the token (peer-to-peer
+    /// VoIP calls and meeting joins); then no `source` is sent.
+    pub source: Option<Participant>,
     pub kind: CallKind,
     pub modalities: Vec<Modality>,
     pub media: Media,
@@ -111,7 +113,9 @@ pub enum Meeting {
     /// joinMeetingIdMeetingInfo.
     JoinMeetingId {
         id: String,
-        passcode: Option<String>,
+        /// `None`: not sent; `Some(None)`: sent as `null` (as Graph's
+        /// "joinMeetingId without passcode" example does).
+        passcode: Option<Option<String>>,
     },
 }
 
@@ -145,8 +149,9 @@ impl Modality {
 pub enum Media {
     /// serviceHostedMediaConfig, optionally with media to prefetch.
     ServiceHosted { prefetch: Vec<Prefetch> },
-    /// appHostedMediaConfig.
-    AppHosted { blob: String },
+    /// appHostedMediaConfig; `None`: no blob is sent (two of Graph's
+    /// published examples do so; `check` warns).
+    AppHosted { blob: Option<String> },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -185,10 +190,12 @@ impl Call {
     /// Whether the caller joins as a guest (a `guest` source identity, or
     /// the seed's `user` identity with `identityProvider: None`).
     pub fn joins_as_guest(&self) -> bool {
+        let Some(source) = &self.source else {
+            return false;
+        };
         matches!(self.kind, CallKind::Meeting(_))
-            && (self.source.identity.contains_key("guest")
-                || self
-                    .source
+            && (source.identity.contains_key("guest")
+                || source
                     .identity
                     .get("user")
                     .and_then(|u| u.get("identityProvider"))

@@ -51,13 +51,12 @@ pub fn body(spec: &Spec) -> Json {
     if let Some(s) = &call.subject {
         b.insert("subject".into(), json!(s));
     }
-    let mut source = Map::new();
-    source.insert(
-        "identity".into(),
-        Json::Object(call.source.identity.clone()),
-    );
-    source.extend(call.source.extra.clone());
-    b.insert("source".into(), Json::Object(source));
+    if let Some(src) = &call.source {
+        let mut source = Map::new();
+        source.insert("identity".into(), Json::Object(src.identity.clone()));
+        source.extend(src.extra.clone());
+        b.insert("source".into(), Json::Object(source));
+    }
     if let CallKind::Targets(targets) = &call.kind {
         let list: Vec<Json> = targets
             .iter()
@@ -95,8 +94,11 @@ fn media_config(media: &Media) -> Json {
                 .map(|p| json!({ "uri": p.uri, "resourceId": p.resource_id }))
                 .collect::<Vec<_>>(),
         }),
-        Media::AppHosted { blob } => {
+        Media::AppHosted { blob: Some(blob) } => {
             json!({ "@odata.type": "#microsoft.graph.appHostedMediaConfig", "blob": blob })
+        }
+        Media::AppHosted { blob: None } => {
+            json!({ "@odata.type": "#microsoft.graph.appHostedMediaConfig" })
         }
     }
 }
@@ -114,8 +116,14 @@ fn meeting_info(meeting: &Meeting) -> Json {
                 json!("#microsoft.graph.joinMeetingIdMeetingInfo"),
             );
             m.insert("joinMeetingId".into(), json!(id));
-            if let Some(p) = passcode {
-                m.insert("passcode".into(), json!(p));
+            match passcode {
+                Some(Some(p)) => {
+                    m.insert("passcode".into(), json!(p));
+                }
+                Some(None) => {
+                    m.insert("passcode".into(), Json::Null);
+                }
+                None => {}
             }
             Json::Object(m)
         }

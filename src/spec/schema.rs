@@ -39,9 +39,11 @@ pub fn json_schema() -> Json {
         "callbackUri": { "type": "string", "format": "uri", "description": "https; default: config callback.publicUrl" },
         "source": {
             "type": "object", "additionalProperties": false, "required": ["identity"],
+            "description": "The caller. Optional for peer-to-peer VoIP calls and meeting joins (Graph takes it from the token); a call to a phone number needs identity.applicationInstance",
             "properties": {
                 "identity": identity_set(),
-                "languageId": { "type": "string" }, "region": { "type": "string" }, "countryCode": { "type": "string" }
+                "languageId": nullable_string, "region": nullable_string, "countryCode": nullable_string,
+                "endpointType": { "enum": ["default", "voicemail", "skypeForBusiness", "skypeForBusinessVoipPhone", "unknownFutureValue", null] }
             }
         },
         "targets": {
@@ -72,7 +74,7 @@ pub fn json_schema() -> Json {
                     }
                 },
                 "appHosted": {
-                    "type": "object", "additionalProperties": false, "required": ["blob"],
+                    "type": "object", "additionalProperties": false,
                     "properties": { "blob": { "type": "string" } }
                 }
             }
@@ -87,7 +89,7 @@ pub fn json_schema() -> Json {
                 "organizer": identity_set(),
                 "joinUrl": { "type": "string", "pattern": "^https://" },
                 "joinMeetingId": { "type": ["string", "integer"] },
-                "passcode": { "type": "string" },
+                "passcode": { "type": ["string", "integer", "null"] },
                 "asGuest": {
                     "type": "object", "additionalProperties": false, "required": ["displayName"],
                     "properties": { "displayName": { "type": "string" }, "id": { "type": "string" } }

@@ -70,7 +70,21 @@ const GRAPH_NAME_HINTS: &[(&str, &str)] = &[
     ("callOptions", "graph: { callOptions: ... }"),
 ];
 
-const SOURCE_KEYS: &[&str] = &["identity", "languageId", "region", "countryCode"];
+const SOURCE_KEYS: &[&str] = &[
+    "identity",
+    "languageId",
+    "region",
+    "countryCode",
+    "endpointType",
+];
+/// participantInfo.endpointType members (Graph's endpointType enum).
+const ENDPOINT_TYPES: &[&str] = &[
+    "default",
+    "voicemail",
+    "skypeForBusiness",
+    "skypeForBusinessVoipPhone",
+    "unknownFutureValue",
+];
 /// identitySet keys Graph knows (communications identities included).
 pub(crate) const IDENTITY_SET_KEYS: &[&str] = &[
     "application",
@@ -563,11 +577,20 @@ pub(crate) fn validate_document(
         }
     };
 
-    // source: the spec's, else the configuration's default
-    let mut source = match f.get("source") {
-        Some(n) => source(ck, n, "source"),
+    // source: the spec's, else `meeting.asGuest` (a complete source), else
+    // the configuration's default, else none: Graph takes the caller from
+    // the token for peer-to-peer VoIP calls and meeting joins (the scenario
+    // rules below say where one is needed). Outer `None`: it had errors.
+    let as_guest_given = f.get("meeting").is_some_and(
+        |m| matches!(&m.value, Value::Map(e) if e.iter().any(|(k, _)| k.name == "asGuest")),
+    );
+    let mut source_from_defaults = false;
+    let mut source: Option<Option<Participant>> = match f.get("source") {
+        Some(n) => source(ck, n, "source").map(Some),
+        None if as_guest_given => Some(None),
         None => match &ctx.defaults.source {
             Some(json) => {
+                source_from_defaults = true;
                 let node = json_to_node(json, doc.pos);
                 let before = ck.diags.len();
                 let s = source(ck, &node, "defaults.source");
@@ -575,16 +598,9 @@ pub(crate) fn validate_document(
                     d.message
                         .push_str(" (from the configuration's defaults.source)");
                 }
-                s
+                s.map(Some)
             }
-            None => {
-                ck.error(
-                    doc.pos,
-                    "source",
-                    "no source: set `source: { identity: { application: { id: ... } } }` here or `defaults.source` in the configuration",
-                );
-                None
-            }
+            None => Some(None),
         },
     };
 
@@ -617,8 +633,18 @@ pub(crate) fn validate_document(
                 if let Some(c) = joined.chat {
                     chat = Some(c);
                 }
-                if let (Some(guest), Some(src)) = (joined.as_guest, source.as_mut()) {
-                    src.identity = Map::from_iter([("guest".to_string(), Json::Object(guest))]);
+                if let Some(guest) = joined.as_guest {
+                    let identity = Map::from_iter([("guest".to_string(), Json::Object(guest))]);
+                    match source.as_mut() {
+                        Some(Some(src)) => src.identity = identity,
+                        Some(None) => {
+                            source = Some(Some(Participant {
+                                identity,
+                                extra: Map::new(),
+                            }))
+                        }
+                        None => {}
+                    }
                 }
                 if matches!(joined.meeting, Meeting::Organizer { .. }) && chat.is_none() {
                     ck.error(
@@ -634,6 +660,17 @@ pub(crate) fn validate_document(
     };
 
     let tenant_id = tenant_id.or_else(|| ctx.defaults.tenant_id.clone());
+    if let (Some(CallKind::Targets(t)), Some(src)) = (&kind, &source) {
+        scenario_rules(
+            ck,
+            &f,
+            doc.pos,
+            t,
+            src.as_ref(),
+            source_from_defaults,
+            tenant_id.is_some(),
+        );
+    }
     let modalities = match f.get("modalities") {
         Some(n) => modalities(ck, n, "modalities"),
         None => Some(vec![Modality::Audio]),
@@ -702,8 +739,141 @@ pub(crate) fn validate_document(
         graph_patch: graph_patch?,
         revision: String::new(),
     };
+    if let (Some(_), Some(node)) = (&spec.graph_patch, f.get("graph")) {
+        let key_pos = f.key_pos("graph").unwrap_or(node.pos);
+        check_after_patch(ck, &spec, node, key_pos);
+        if ck.has_errors() {
+            return None;
+        }
+    }
     spec.revision = super::render::revision(&spec);
     Some(spec)
+}
+
+/// Graph's rules for calls to targets (Create call, v1.0): a PSTN call
+/// comes from a resource account (`applicationInstance`) in a tenant; a
+/// group call without a source is unusual (Microsoft's examples send the
+/// application).
+fn scenario_rules(
+    ck: &mut Checker,
+    f: &Fields,
+    doc_pos: Pos,
+    targets: &[Target],
+    source: Option<&Participant>,
+    from_defaults: bool,
+    has_tenant: bool,
+) {
+    use super::bodycheck::{PSTN_APPLICATION, PSTN_NO_SOURCE, PSTN_NO_TENANT};
+    let pstn = targets.iter().any(|t| t.kind == IdentityKind::Phone);
+    let (base, suffix) = if from_defaults {
+        ("defaults.source", " (from the configuration's defaults.source)")
+    } else {
+        ("source", "")
+    };
+    let source_node = f.get("source");
+    let pos_at = |keys: &[&str]| -> Pos {
+        source_node
+            .and_then(|n| key_pos_at(n, keys))
+            .or_else(|| source_node.map(|n| n.pos))
+            .unwrap_or(doc_pos)
+    };
+    if pstn {
+        match source {
+            Some(p) if p.identity.contains_key("applicationInstance") => {}
+            Some(p) if p.identity.contains_key("application") => ck.error(
+                pos_at(&["identity", "application"]),
+                &format!("{base}.identity.application"),
+                format!("{PSTN_APPLICATION}{suffix}"),
+            ),
+            Some(_) => ck.error(
+                pos_at(&["identity"]),
+                &format!("{base}.identity"),
+                format!("{PSTN_NO_SOURCE}{suffix}"),
+            ),
+            None => ck.error(doc_pos, "source", PSTN_NO_SOURCE),
+        }
+        if !has_tenant {
+            ck.error(doc_pos, "tenantId", PSTN_NO_TENANT);
+        }
+    } else if targets.len() > 1 && source.is_none() {
+        ck.warning(
+            f.get("targets").map(|n| n.pos).unwrap_or(doc_pos),
+            "source",
+            "a group call without a source: Microsoft's group-call examples always send the \
+             application; write `source: { identity: { application: { id: <your app id> } } }` \
+             (or set defaults.source)",
+        );
+    }
+}
+
+/// The position of the key at `keys` under `node`, if it is there.
+fn key_pos_at(node: &Node, keys: &[&str]) -> Option<Pos> {
+    let (first, rest) = keys.split_first()?;
+    let Value::Map(entries) = &node.value else {
+        return None;
+    };
+    let (k, v) = entries.iter().find(|(k, _)| k.name == *first)?;
+    if rest.is_empty() {
+        Some(k.pos)
+    } else {
+        key_pos_at(v, rest)
+    }
+}
+
+/// The final body (after the `graph:` merge patch) against Graph's rules
+/// and metadata; each finding points at the `graph:` key that caused it.
+fn check_after_patch(ck: &mut Checker, spec: &Spec, graph: &Node, graph_key: Pos) {
+    use super::bodycheck::{Seg, check_body, path_string};
+    let body = super::render::body(spec);
+    // only what the patch caused: findings the unpatched body has too were
+    // reported by the typed checks already
+    let unpatched = {
+        let mut plain = spec.clone();
+        plain.graph_patch = None;
+        check_body(&super::render::body(&plain))
+    };
+    for finding in check_body(&body) {
+        if unpatched
+            .iter()
+            .any(|u| u.path == finding.path && u.message == finding.message)
+        {
+            continue;
+        }
+        // the deepest key of the patch on the finding's path
+        let mut pos = graph_key;
+        let mut path = "graph".to_string();
+        let mut node = graph;
+        for seg in &finding.path {
+            let next = match (seg, &node.value) {
+                (Seg::Key(k), Value::Map(entries)) => entries
+                    .iter()
+                    .find(|(key, _)| key.name == *k)
+                    .map(|(key, v)| (key.pos, join(&path, k), v)),
+                (Seg::Index(i), Value::Seq(items)) => {
+                    items.get(*i).map(|v| (v.pos, index(&path, *i), v))
+                }
+                _ => None,
+            };
+            match next {
+                Some((p, name, v)) => {
+                    pos = p;
+                    path = name;
+                    node = v;
+                }
+                None => break,
+            }
+        }
+        let at = path_string(&finding.path);
+        let message = if at.is_empty() || path == join("graph", &at) {
+            format!("after the graph: merge patch: {}", finding.message)
+        } else {
+            format!("after the graph: merge patch, {at}: {}", finding.message)
+        };
+        match finding.severity {
+            Severity::Error => ck.error(pos, &path, message),
+            Severity::Warning => ck.warning(pos, &path, message),
+        }
+    }
 }
 
 /// Spec names: printable, no surrounding spaces, at most 200 characters.
@@ -762,11 +932,29 @@ fn source(ck: &mut Checker, node: &Node, path: &str) -> Option<Participant> {
             None
         }
     };
+    // participantInfo's strings; an explicit null is sent as null (Graph's
+    // PSTN examples send `countryCode: null` and the like)
     let mut extra = Map::new();
-    for key in ["languageId", "region", "countryCode"] {
-        if let Some(s) = f.get(key).and_then(|n| ck.string(n, &join(path, key))) {
-            extra.insert(key.to_string(), Json::String(s));
+    for key in ["languageId", "region", "countryCode", "endpointType"] {
+        let Some(n) = f.get(key) else { continue };
+        let p = join(path, key);
+        if matches!(n.value, Value::Null) {
+            extra.insert(key.to_string(), Json::Null);
+            continue;
         }
+        let Some(s) = ck.string(n, &p) else { continue };
+        if key == "endpointType" && !ENDPOINT_TYPES.contains(&s.as_str()) {
+            ck.error(
+                n.pos,
+                &p,
+                format!(
+                    "unknown endpointType `{s}`: use {}",
+                    ENDPOINT_TYPES.join(", ")
+                ),
+            );
+            continue;
+        }
+        extra.insert(key.to_string(), Json::String(s));
     }
     Some(Participant {
         identity: identity?,
@@ -973,14 +1161,16 @@ fn media(ck: &mut Checker, node: &Node, path: &str) -> Option<Media> {
             match f.get("blob") {
                 Some(b) => ck
                     .non_empty_string(b, &join(&ap, "blob"))
-                    .map(|blob| Media::AppHosted { blob }),
+                    .map(|blob| Media::AppHosted { blob: Some(blob) }),
                 None => {
-                    ck.error(
+                    ck.warning(
                         a.pos,
                         &join(&ap, "blob"),
-                        "missing blob: the media configuration blob of your media platform",
+                        "no blob: Graph connects app-hosted media to the media platform the blob \
+                         describes (two of Microsoft's published examples omit it); write \
+                         `blob: <your media platform's configuration>`",
                     );
-                    None
+                    Some(Media::AppHosted { blob: None })
                 }
             }
         }
@@ -1092,7 +1282,9 @@ fn meeting(ck: &mut Checker, node: &Node, path: &str, spec_has_chat: bool) -> Op
     if let Some(n) = f.get("joinMeetingId") {
         let id = ck.string_or_number(n, &join(path, "joinMeetingId"))?;
         let passcode = match f.get("passcode") {
-            Some(p) => Some(ck.string_or_number(p, &join(path, "passcode"))?),
+            // sent as `"passcode": null`, as Graph's example does
+            Some(p) if matches!(p.value, Value::Null) => Some(None),
+            Some(p) => Some(Some(ck.string_or_number(p, &join(path, "passcode"))?)),
             None => None,
         };
         return Some(Joined {
@@ -1136,7 +1328,10 @@ fn meeting(ck: &mut Checker, node: &Node, path: &str, spec_has_chat: bool) -> Op
             })
         }
         Ok(super::joinurl::JoinUrl::MeetingId { id, passcode }) => Some(Joined {
-            meeting: Meeting::JoinMeetingId { id, passcode },
+            meeting: Meeting::JoinMeetingId {
+                id,
+                passcode: passcode.map(Some),
+            },
             chat: None,
             tenant_id: None,
             as_guest,

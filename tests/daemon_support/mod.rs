@@ -162,7 +162,7 @@ impl Env {
              stateDir: {state}\n\
              graph:\n  mode: live\n  baseUrl: {base}\n  authorityUrl: {base}\n  tenantId: {TENANT}\n  clientId: {CLIENT_ID}\n  clientSecret: {{ env: {SECRET_ENV} }}\n\
              callback:\n  listen: 127.0.0.1:{port}\n  publicUrl: {public_url}\n  openIdConfigUrl: {oid}\n  issuers: [{iss}]\n\
-             defaults:\n  tenantId: {TENANT}\n  source: {{ identity: {{ application: {{ id: {APP_ID}, displayName: calld test }} }} }}\n\
+             defaults:\n  tenantId: {TENANT}\n  source: {{ identity: {{ applicationInstance: {{ id: {APP_ID}, displayName: calld test }} }} }}\n\
              {extra}",
             calls = calls.display(),
             state = state.display(),

@@ -139,7 +139,8 @@ pub fn requests_for(
 pub fn spec(phone: &str, extra: &str) -> String {
     format!(
         "subject: lifecycle test\n\
-         source:\n  identity:\n    application: {{ id: {APP_ID}, displayName: calld test }}\n\
+         tenantId: {TENANT}\n\
+         source:\n  identity:\n    applicationInstance: {{ id: {APP_ID}, displayName: calld test }}\n\
          targets:\n  - phone: \"{phone}\"\n{extra}\n"
     )
 }

@@ -41,10 +41,10 @@ pub fn spec(name: &str, schedule: Option<Schedule>) -> Spec {
             subject: None,
             tenant_id: None,
             callback_uri: "https://bot.example.com/api/calls".to_string(),
-            source: Participant {
+            source: Some(Participant {
                 identity: Map::new(),
                 extra: Map::new(),
-            },
+            }),
             kind: CallKind::Targets(vec![Target {
                 kind: IdentityKind::User,
                 identity: Map::new(),
