@@ -12,7 +12,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_calld");
 const DEMO: &str = r#"
 subject: ops test
 source: { identity: { application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 } } }
-targets: [ { phone: "+14255550100" } ]
+targets: [ { user: { id: 550fae72-d251-43ec-868c-373732c2704f } } ]
 "#;
 
 /// Kills the daemon when a test ends, however it ends.

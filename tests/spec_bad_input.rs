@@ -47,11 +47,15 @@ fn build_calls_dir(tmp: &Path) -> PathBuf {
     calls
 }
 
+/// A configuration with only a default tenant (the corpus calls phone
+/// numbers: Graph's PSTN calls need one).
 fn empty_config(tmp: &Path) -> PathBuf {
     let p = tmp.join("calld.yaml");
-    std::fs::write(&p, "").unwrap();
+    std::fs::write(&p, format!("defaults:\n  tenantId: {TENANT}\n")).unwrap();
     p
 }
+
+const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
 
 struct Expect {
     file: &'static str,
@@ -324,7 +328,10 @@ fn an_at_in_the_past_is_a_warning_with_exit_0() {
 fn library_load_file_on_each_corpus_file() {
     let tmp = tempfile::tempdir().unwrap();
     let calls = build_calls_dir(tmp.path());
-    let defaults = calld::config::Defaults::default();
+    let defaults = calld::config::Defaults {
+        tenant_id: Some(TENANT.to_string()),
+        ..Default::default()
+    };
     let ctx = calld::spec::Context {
         defaults: &defaults,
         public_url: None,

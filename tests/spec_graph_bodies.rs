@@ -134,6 +134,18 @@ fn render_beta_equals_each_seed_body() {
                 .shift_remove("requestedModalities");
             assert_eq!(added, Some(json!(["audio"])), "{stem}");
         }
+        if stem.starts_with("03-") {
+            // Graph's rules since the seed (issue 11): a call to a phone
+            // number comes from a resource account in a tenant
+            let b = body.as_object_mut().unwrap();
+            assert_eq!(
+                b.shift_remove("tenantId"),
+                Some(json!("72f988bf-86f1-41af-91ab-2d7cd011db47"))
+            );
+            let id = b["source"]["identity"].as_object_mut().unwrap();
+            let instance = id.shift_remove("applicationInstance").expect(stem.as_str());
+            id.insert("application".into(), instance);
+        }
         let mut diff = Vec::new();
         json_diff("body", &body, &seed, &mut diff);
         assert!(
@@ -449,22 +461,24 @@ fn the_schema_walk_catches_what_graph_would_refuse() {
 /// Generated specs: every rendering path the examples do not take.
 fn generated_specs() -> Vec<(&'static str, String)> {
     let src = "source:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698, displayName: Bot }\n";
+    // a call to a phone number: from a resource account, in a tenant
+    let pstn = "tenantId: 72f988bf-86f1-41af-91ab-2d7cd011db47\nsource:\n  identity:\n    applicationInstance: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698, displayName: Bot }\n";
     let meetup = "https://teams.microsoft.com/l/meetup-join/19%3ameeting_NTg0NmQ3NTctZDVkZC00YzRhLThmNmEtOGQ3M2E0ODdmZDZk%40thread.v2/0?context=%7b%22Tid%22%3a%2272f988bf-86f1-41af-91ab-2d7cd011db47%22%2c%22Oid%22%3a%2290ed37dc-d8e3-4e11-9de3-30a955dda06f%22%7d";
     vec![
         (
             "phone-shorthand",
-            format!("{src}targets:\n  - phone: \"+14255550100\"\n"),
+            format!("{pstn}targets:\n  - phone: \"+14255550100\"\n"),
         ),
         (
             "every-target-kind",
             format!(
-                "{src}targets:\n  - user: {{ id: 550fae72-d251-43ec-868c-373732c2704f, tenantId: 72f988bf-86f1-41af-91ab-2d7cd011db47 }}\n  - phone: {{ id: \"+14255550100\", displayName: Desk }}\n  - application: {{ id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }}\n  - applicationInstance: {{ id: 8a34a46b-3d17-4adc-8dce-dc4e7d572699, displayName: IVR }}\n  - guest: {{ displayName: Visitor }}\nmodalities: [audio, video, videoBasedScreenSharing, data]\nchat: {{ threadId: \"19:abc@thread.v2\", messageId: 0 }}\n"
+                "{pstn}targets:\n  - user: {{ id: 550fae72-d251-43ec-868c-373732c2704f, tenantId: 72f988bf-86f1-41af-91ab-2d7cd011db47 }}\n  - phone: {{ id: \"+14255550100\", displayName: Desk }}\n  - application: {{ id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }}\n  - applicationInstance: {{ id: 8a34a46b-3d17-4adc-8dce-dc4e7d572699, displayName: IVR }}\n  - guest: {{ displayName: Visitor }}\nmodalities: [audio, video, videoBasedScreenSharing, data]\nchat: {{ threadId: \"19:abc@thread.v2\", messageId: 0 }}\n"
             ),
         ),
         (
             "app-hosted",
             format!(
-                "{src}targets:\n  - phone: \"+14255550100\"\nmedia:\n  appHosted: {{ blob: \"<blob>\" }}\n"
+                "{pstn}targets:\n  - phone: \"+14255550100\"\nmedia:\n  appHosted: {{ blob: \"<blob>\" }}\n"
             ),
         ),
         (
@@ -500,7 +514,7 @@ fn generated_specs() -> Vec<(&'static str, String)> {
         (
             "graph-patch-call-options",
             format!(
-                "{src}targets:\n  - phone: \"+14255550100\"\ngraph:\n  callOptions:\n    \"@odata.type\": \"#microsoft.graph.outgoingCallOptions\"\n    isContentSharingNotificationEnabled: true\n    hideBotAfterEscalation: false\n"
+                "{pstn}targets:\n  - phone: \"+14255550100\"\ngraph:\n  callOptions:\n    \"@odata.type\": \"#microsoft.graph.outgoingCallOptions\"\n    isContentSharingNotificationEnabled: true\n    hideBotAfterEscalation: false\n"
             ),
         ),
         (

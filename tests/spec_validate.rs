@@ -45,17 +45,17 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "name-empty",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nname: \" \"\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nname: \" \"\n",
         expect: &[(E, 7, 7, "name", "must not be empty")],
     },
     Case {
         name: "name-spaces",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nname: \" x\"\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nname: \" x\"\n",
         expect: &[(E, 7, 7, "name", "a name must not start or end with spaces")],
     },
     Case {
         name: "name-control",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nname: \"a\\u0007b\"\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nname: \"a\\u0007b\"\n",
         expect: &[(
             E,
             7,
@@ -66,22 +66,22 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "name-long",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nname: nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nname: nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn\n",
         expect: &[(E, 7, 7, "name", "a name must be at most 200 characters")],
     },
     Case {
         name: "name-number",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nname: 12\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nname: 12\n",
         expect: &[(E, 7, 7, "name", "expected a string, found a number")],
     },
     Case {
         name: "description-list",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\ndescription: [a]\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\ndescription: [a]\n",
         expect: &[(E, 7, 14, "description", "expected a string, found a list")],
     },
     Case {
         name: "suspend-string",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nsuspend: \"yes\"\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nsuspend: \"yes\"\n",
         expect: &[(
             E,
             7,
@@ -92,17 +92,17 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "subject-map",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nsubject: { a: 1 }\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nsubject: { a: 1 }\n",
         expect: &[(E, 7, 10, "subject", "expected a string, found a mapping")],
     },
     Case {
         name: "tenant-empty",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\ntenantId: \"\"\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\ntenantId: \"\"\n",
         expect: &[(E, 7, 11, "tenantId", "must not be empty")],
     },
     Case {
         name: "callback-ftp",
-        text: "callbackUri: ftp://bot.contoso.com/x\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\n",
+        text: "callbackUri: ftp://bot.contoso.com/x\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\n",
         expect: &[(
             E,
             1,
@@ -113,7 +113,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "callback-not-url",
-        text: "callbackUri: \"not a url\"\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\n",
+        text: "callbackUri: \"not a url\"\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\n",
         expect: &[(
             E,
             1,
@@ -124,12 +124,12 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "callback-http-loopback-ok",
-        text: "callbackUri: http://127.0.0.1:8080/cb\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\n",
+        text: "callbackUri: http://127.0.0.1:8080/cb\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\n",
         expect: &[],
     },
     Case {
         name: "callback-missing",
-        text: "source:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\n",
+        text: "source:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\n",
         expect: &[(
             E,
             1,
@@ -139,19 +139,21 @@ const CASES: &[Case] = &[
         )],
     },
     Case {
+        // (a VoIP call without a source is fine: Graph takes the caller
+        // from the token; a PSTN call needs its resource account)
         name: "source-missing",
-        text: "callbackUri: https://bot.contoso.com/api/calls\ntargets:\n  - phone: \"+14255550100\"\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\ntenantId: 72f988bf-86f1-41af-91ab-2d7cd011db47\ntargets:\n  - phone: \"+14255550100\"\n",
         expect: &[(
             E,
             1,
             1,
             "source",
-            "no source: set `source: { identity: { application: { id: ... } } }` here or `defaults.sour",
+            "a call to a phone number (PSTN) needs the resource account as its source",
         )],
     },
     Case {
         name: "source-no-identity",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  languageId: en-US\ntargets:\n  - phone: \"+14255550100\"\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  languageId: en-US\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\n",
         expect: &[(
             E,
             3,
@@ -162,7 +164,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "source-unknown-key",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    applicaton: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    applicaton: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\n",
         expect: &[(
             E,
             4,
@@ -173,7 +175,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "source-extra-key",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\n  langId: en\ntargets:\n  - phone: \"+14255550100\"\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\n  langId: en\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\n",
         expect: &[(
             E,
             5,
@@ -184,7 +186,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "identity-empty",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity: {}\ntargets:\n  - phone: \"+14255550100\"\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity: {}\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\n",
         expect: &[(
             E,
             3,
@@ -195,7 +197,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "identity-not-map",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: app-1\ntargets:\n  - phone: \"+14255550100\"\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: app-1\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\n",
         expect: &[(
             E,
             4,
@@ -206,7 +208,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "identity-nested",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698, x: [1] }\ntargets:\n  - phone: \"+14255550100\"\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698, x: [1] }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\n",
         expect: &[(
             E,
             4,
@@ -217,7 +219,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "identity-display-number",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698, displayName: 2024 }\ntargets:\n  - phone: \"+14255550100\"\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698, displayName: 2024 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\n",
         expect: &[(
             E,
             4,
@@ -228,7 +230,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "app-id-not-guid",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: my-bot }\ntargets:\n  - phone: \"+14255550100\"\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: my-bot }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\n",
         expect: &[(
             W,
             4,
@@ -239,7 +241,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "app-id-missing",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { displayName: Bot }\ntargets:\n  - phone: \"+14255550100\"\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { displayName: Bot }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\n",
         expect: &[(
             E,
             4,
@@ -261,7 +263,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "targets-meeting-both",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nmeeting:\n  joinMeetingId: \"1\"\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nmeeting:\n  joinMeetingId: \"1\"\n",
         expect: &[(
             E,
             7,
@@ -305,7 +307,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "target-two-kinds",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\n    user: { id: 550fae72-d251-43ec-868c-373732c2704f }\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\n    phone: \"+14255550100\"\n",
         expect: &[(
             E,
             6,
@@ -404,7 +406,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "modalities-string",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nmodalities: audio\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nmodalities: audio\n",
         expect: &[(
             E,
             7,
@@ -415,7 +417,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "modalities-empty",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nmodalities: []\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nmodalities: []\n",
         expect: &[(
             E,
             7,
@@ -426,12 +428,12 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "modalities-twice",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nmodalities: [audio, audio]\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nmodalities: [audio, audio]\n",
         expect: &[(E, 7, 21, "modalities[1]", "`audio` is listed twice")],
     },
     Case {
         name: "modalities-unknown",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nmodalities: [audio, smell]\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nmodalities: [audio, smell]\n",
         expect: &[(
             E,
             7,
@@ -442,7 +444,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "modalities-number",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nmodalities: [1]\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nmodalities: [1]\n",
         expect: &[(
             E,
             7,
@@ -453,7 +455,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "media-both",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nmedia:\n  prefetch: []\n  appHosted: { blob: x }\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nmedia:\n  prefetch: []\n  appHosted: { blob: x }\n",
         expect: &[(
             E,
             9,
@@ -464,7 +466,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "media-unknown",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nmedia:\n  prefech: []\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nmedia:\n  prefech: []\n",
         expect: &[(
             E,
             8,
@@ -475,7 +477,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "prefetch-not-list",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nmedia:\n  prefetch: { uri: x }\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nmedia:\n  prefetch: { uri: x }\n",
         expect: &[(
             E,
             8,
@@ -486,7 +488,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "prefetch-http",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nmedia:\n  prefetch:\n    - { uri: \"http://cdn.contoso.com/a.wav\", resourceId: r1 }\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nmedia:\n  prefetch:\n    - { uri: \"http://cdn.contoso.com/a.wav\", resourceId: r1 }\n",
         expect: &[(
             E,
             9,
@@ -497,7 +499,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "prefetch-no-uri",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nmedia:\n  prefetch:\n    - { resourceId: r1 }\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nmedia:\n  prefetch:\n    - { resourceId: r1 }\n",
         expect: &[(
             E,
             9,
@@ -508,7 +510,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "prefetch-no-resource",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nmedia:\n  prefetch:\n    - { uri: \"https://cdn.contoso.com/a.wav\" }\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nmedia:\n  prefetch:\n    - { uri: \"https://cdn.contoso.com/a.wav\" }\n",
         expect: &[(
             E,
             9,
@@ -519,7 +521,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "prefetch-dup-resource",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nmedia:\n  prefetch:\n    - { uri: \"https://cdn.contoso.com/a.wav\", resourceId: R1 }\n    - { uri: \"https://cdn.contoso.com/b.wav\", resourceId: r1 }\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nmedia:\n  prefetch:\n    - { uri: \"https://cdn.contoso.com/a.wav\", resourceId: R1 }\n    - { uri: \"https://cdn.contoso.com/b.wav\", resourceId: r1 }\n",
         expect: &[(
             E,
             10,
@@ -530,23 +532,24 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "apphosted-no-blob",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nmedia:\n  appHosted: {}\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nmedia:\n  appHosted: {}\n",
+        // a warning since Microsoft's published examples 4 and 6 omit it
         expect: &[(
-            E,
+            W,
             8,
             14,
             "media.appHosted.blob",
-            "missing blob: the media configuration blob of your media platform",
+            "no blob: Graph connects app-hosted media to the media platform",
         )],
     },
     Case {
         name: "apphosted-empty-blob",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nmedia:\n  appHosted: { blob: \"\" }\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nmedia:\n  appHosted: { blob: \"\" }\n",
         expect: &[(E, 8, 22, "media.appHosted.blob", "must not be empty")],
     },
     Case {
         name: "chat-no-thread",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nchat: { messageId: \"0\" }\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nchat: { messageId: \"0\" }\n",
         expect: &[(
             E,
             7,
@@ -557,7 +560,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "chat-null-thread",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nchat: { threadId: null }\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nchat: { threadId: null }\n",
         expect: &[(
             E,
             7,
@@ -568,7 +571,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "chat-float",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nchat: { threadId: \"19:x@thread.v2\", messageId: 1.5 }\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nchat: { threadId: \"19:x@thread.v2\", messageId: 1.5 }\n",
         expect: &[(
             E,
             7,
@@ -716,7 +719,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "schedule-neither",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nschedule:\n  timezone: UTC\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nschedule:\n  timezone: UTC\n",
         expect: &[(
             E,
             8,
@@ -727,7 +730,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "schedule-both",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nschedule:\n  at: 2030-01-01T00:00:00Z\n  cron: \"@daily\"\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nschedule:\n  at: 2030-01-01T00:00:00Z\n  cron: \"@daily\"\n",
         expect: &[(
             E,
             9,
@@ -738,7 +741,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "schedule-not-map",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nschedule: \"@daily\"\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nschedule: \"@daily\"\n",
         expect: &[(
             E,
             7,
@@ -749,7 +752,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "schedule-bad-at",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nschedule:\n  at: tomorrow\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nschedule:\n  at: tomorrow\n",
         expect: &[(
             E,
             8,
@@ -760,7 +763,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "schedule-at-date-only",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nschedule:\n  at: 2030-01-01\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nschedule:\n  at: 2030-01-01\n",
         expect: &[(
             E,
             8,
@@ -771,12 +774,12 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "schedule-at-number",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nschedule:\n  at: 5\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nschedule:\n  at: 5\n",
         expect: &[(E, 8, 7, "schedule.at", "expected a string, found a number")],
     },
     Case {
         name: "schedule-at-past",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nschedule:\n  at: 2020-01-01T00:00:00Z\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nschedule:\n  at: 2020-01-01T00:00:00Z\n",
         expect: &[(
             W,
             8,
@@ -787,7 +790,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "schedule-until-past",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nschedule:\n  cron: \"@daily\"\n  until: 2020-01-01T00:00:00Z\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nschedule:\n  cron: \"@daily\"\n  until: 2020-01-01T00:00:00Z\n",
         expect: &[(
             W,
             9,
@@ -798,7 +801,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "schedule-until-bad",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nschedule:\n  cron: \"@daily\"\n  until: soon\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nschedule:\n  cron: \"@daily\"\n  until: soon\n",
         expect: &[(
             E,
             9,
@@ -809,7 +812,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "schedule-cron-bad",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nschedule:\n  cron: \"0 9 * *\"\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nschedule:\n  cron: \"0 9 * *\"\n",
         expect: &[(
             E,
             8,
@@ -820,7 +823,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "schedule-cron-number",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nschedule:\n  cron: 5\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nschedule:\n  cron: 5\n",
         expect: &[(
             E,
             8,
@@ -831,7 +834,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "schedule-tz-bad",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nschedule:\n  cron: \"@daily\"\n  timezone: Mars/Olympus\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nschedule:\n  cron: \"@daily\"\n  timezone: Mars/Olympus\n",
         expect: &[(
             E,
             9,
@@ -842,7 +845,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "schedule-tz-number",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nschedule:\n  cron: \"@daily\"\n  timezone: 1\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nschedule:\n  cron: \"@daily\"\n  timezone: 1\n",
         expect: &[(
             E,
             9,
@@ -853,7 +856,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "schedule-deadline-bad",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nschedule:\n  cron: \"@daily\"\n  deadline: soon\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nschedule:\n  cron: \"@daily\"\n  deadline: soon\n",
         expect: &[(
             E,
             9,
@@ -864,7 +867,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "schedule-deadline-zero",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nschedule:\n  cron: \"@daily\"\n  deadline: 0s\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nschedule:\n  cron: \"@daily\"\n  deadline: 0s\n",
         expect: &[(
             E,
             9,
@@ -875,7 +878,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "schedule-concurrency-bad",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nschedule:\n  cron: \"@daily\"\n  concurrency: queue\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nschedule:\n  cron: \"@daily\"\n  concurrency: queue\n",
         expect: &[(
             E,
             9,
@@ -886,7 +889,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "schedule-jitter-number",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nschedule:\n  cron: \"@daily\"\n  jitter: 30\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nschedule:\n  cron: \"@daily\"\n  jitter: 30\n",
         expect: &[(
             E,
             9,
@@ -897,7 +900,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "schedule-jitter-list",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nschedule:\n  cron: \"@daily\"\n  jitter: [1]\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nschedule:\n  cron: \"@daily\"\n  jitter: [1]\n",
         expect: &[(
             E,
             9,
@@ -908,7 +911,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "schedule-jitter-bad",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nschedule:\n  cron: \"@daily\"\n  jitter: 30 seconds\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nschedule:\n  cron: \"@daily\"\n  jitter: 30 seconds\n",
         expect: &[(
             E,
             9,
@@ -919,7 +922,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "retry-attempts-11",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nretry:\n  attempts: 11\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nretry:\n  attempts: 11\n",
         expect: &[(
             E,
             8,
@@ -930,7 +933,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "retry-attempts-neg",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nretry:\n  attempts: -1\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nretry:\n  attempts: -1\n",
         expect: &[(
             E,
             8,
@@ -941,7 +944,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "retry-interval-bad",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nretry:\n  interval: often\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nretry:\n  interval: often\n",
         expect: &[(
             E,
             8,
@@ -952,7 +955,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "retry-unknown",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nretry:\n  attempt: 1\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nretry:\n  attempt: 1\n",
         expect: &[(
             E,
             8,
@@ -963,7 +966,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "hangup-bad",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nhangupAfter: 1x\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nhangupAfter: 1x\n",
         expect: &[(
             E,
             7,
@@ -974,7 +977,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "graph-not-map",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\ngraph: [a]\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\ngraph: [a]\n",
         expect: &[(
             E,
             7,
@@ -985,7 +988,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "graph-server-generated",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\ngraph:\n  state: established\n  callOptions: {}\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\ngraph:\n  state: established\n  callOptions: {}\n",
         expect: &[(
             E,
             8,
@@ -996,7 +999,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "top-server-generated",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nid: abc\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nid: abc\n",
         expect: &[(
             E,
             7,
@@ -1007,7 +1010,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "top-graph-name",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nrequestedModalities: [audio]\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nrequestedModalities: [audio]\n",
         expect: &[(
             E,
             7,
@@ -1018,7 +1021,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "top-graph-name-2",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nmediaConfig: {}\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nmediaConfig: {}\n",
         expect: &[(
             E,
             7,
@@ -1029,7 +1032,7 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "top-unknown-far",
-        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - phone: \"+14255550100\"\nxyzzy: 1\n",
+        text: "callbackUri: https://bot.contoso.com/api/calls\nsource:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698 }\ntargets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\nxyzzy: 1\n",
         expect: &[(
             E,
             7,
@@ -1102,7 +1105,7 @@ fn the_table_keeps_its_breadth() {
 }
 
 const H: &str = "callbackUri: https://bot.contoso.com/api/calls\n";
-const T: &str = "targets:\n  - phone: \"+14255550100\"\n";
+const T: &str = "targets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\n";
 
 #[test]
 fn configuration_defaults_fill_in_and_are_validated_like_the_spec() {

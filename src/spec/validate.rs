@@ -766,7 +766,10 @@ fn scenario_rules(
     use super::bodycheck::{PSTN_APPLICATION, PSTN_NO_SOURCE, PSTN_NO_TENANT};
     let pstn = targets.iter().any(|t| t.kind == IdentityKind::Phone);
     let (base, suffix) = if from_defaults {
-        ("defaults.source", " (from the configuration's defaults.source)")
+        (
+            "defaults.source",
+            " (from the configuration's defaults.source)",
+        )
     } else {
         ("source", "")
     };
