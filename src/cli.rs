@@ -339,8 +339,8 @@ pub fn schema() -> u8 {
     0
 }
 
-pub fn emulator(listen: &str, config: Option<&Path>) -> u8 {
-    match crate::emulator::run_cli(listen, config) {
+pub fn emulator(listen: &str, config: Option<&Path>, tls: Option<crate::config::TlsConfig>) -> u8 {
+    match crate::emulator::run_cli(listen, config, tls) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("calld emulator: {e:#}");

@@ -114,6 +114,12 @@ enum Command {
         listen: String,
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Serve HTTPS with this PEM certificate chain (with --tls-key)
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The PEM private key of --tls-cert
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Print the JSON Schema of the spec format.
     Schema,
@@ -190,7 +196,20 @@ fn main() -> ExitCode {
             from.as_deref(),
             format.into(),
         ),
-        Command::Emulator { listen, config } => calld::cli::emulator(&listen, config.as_deref()),
+        Command::Emulator {
+            listen,
+            config,
+            tls_cert,
+            tls_key,
+        } => {
+            let tls = tls_cert
+                .zip(tls_key)
+                .map(|(cert_file, key_file)| calld::config::TlsConfig {
+                    cert_file,
+                    key_file,
+                });
+            calld::cli::emulator(&listen, config.as_deref(), tls)
+        }
         Command::Schema => calld::cli::schema(),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();

@@ -54,6 +54,9 @@ pub struct EmulatorConfig {
     pub faults: FaultsConfig,
     /// How many received requests `/_emulator/calls` keeps (oldest dropped).
     pub max_recorded: usize,
+    /// Serve HTTPS with this PEM certificate chain and key (what MSAL and
+    /// azure-identity require of an authority); absent: plain HTTP.
+    pub tls: Option<crate::config::TlsConfig>,
 }
 
 impl Default for EmulatorConfig {
@@ -68,6 +71,7 @@ impl Default for EmulatorConfig {
             targets: BTreeMap::new(),
             faults: FaultsConfig::default(),
             max_recorded: 10_000,
+            tls: None,
         }
     }
 }

@@ -77,15 +77,24 @@ pub async fn start(
     })
     .await
     .context("the key task failed")??;
+    let tls = match &config.tls {
+        Some(t) => Some(crate::callback::tls::load_tls(t).map_err(|e| {
+            anyhow::anyhow!(
+                "emulator tls: {}",
+                format!("{e:#}").replace("callback.tls.", "tls.")
+            )
+        })?),
+        None => None,
+    };
     let (stop, stop_rx) = watch::channel(false);
     let shared = Arc::new(Shared::new(
         config,
-        server::base_url(addr),
+        server::base_url(addr, tls.is_some()),
         key,
         clients,
         stop_rx.clone(),
     )?);
-    let task = tokio::spawn(server::serve(listener, shared.clone(), stop_rx));
+    let task = tokio::spawn(server::serve(listener, shared.clone(), stop_rx, tls));
     Ok(EmulatorHandle {
         addr,
         shared,
@@ -100,7 +109,8 @@ impl EmulatorHandle {
         self.addr
     }
 
-    /// `http://127.0.0.1:PORT`: both `graph.baseUrl` and `graph.authorityUrl`.
+    /// `http://127.0.0.1:PORT` (`https://` with TLS): both `graph.baseUrl`
+    /// and `graph.authorityUrl`.
     pub fn base_url(&self) -> String {
         self.shared.base_url.clone()
     }
@@ -156,7 +166,11 @@ impl Drop for EmulatorHandle {
 }
 
 /// `calld emulator --listen ADDR [--config F]`: serve until Ctrl-C or SIGTERM.
-pub fn run_cli(listen: &str, config: Option<&Path>) -> anyhow::Result<()> {
+pub fn run_cli(
+    listen: &str,
+    config: Option<&Path>,
+    tls: Option<crate::config::TlsConfig>,
+) -> anyhow::Result<()> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -168,10 +182,14 @@ pub fn run_cli(listen: &str, config: Option<&Path>) -> anyhow::Result<()> {
                 && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
         )
         .try_init();
-    let config = match config {
+    let mut config = match config {
         Some(path) => EmulatorConfig::from_file(path)?,
         None => EmulatorConfig::default(),
     };
+    // the command line's --tls-cert/--tls-key win over the file's `tls:`
+    if tls.is_some() {
+        config.tls = tls;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -191,7 +191,12 @@ impl Shared {
     fn bases(&self, headers: &HeaderMap) -> Vec<String> {
         let mut bases = vec![self.base_url.clone()];
         if let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
-            let b = format!("http://{host}");
+            let scheme = if self.base_url.starts_with("https:") {
+                "https"
+            } else {
+                "http"
+            };
+            let b = format!("{scheme}://{host}");
             if !b.eq_ignore_ascii_case(&self.base_url) {
                 bases.push(b);
             }
@@ -260,6 +265,7 @@ impl Shared {
             .bases(headers)
             .iter()
             .any(|b| b.eq_ignore_ascii_case(&claims.aud))
+            && !super::token::is_graph_resource(&claims.aud)
         {
             return Err(GraphError::unauthorized(
                 "Access token validation failure. Invalid audience.",
@@ -290,6 +296,27 @@ impl Shared {
         Ok(token)
     }
 
+    /// Azure AD's tenant discovery document (`/{tenant}/v2.0/.well-known/
+    /// openid-configuration`), which MSAL and azure-identity read first.
+    fn tenant_openid_configuration(&self, tenant: &str) -> Value {
+        let base = &self.base_url;
+        json!({
+            "issuer": format!("{base}/{tenant}/v2.0"),
+            "authorization_endpoint": format!("{base}/{tenant}/oauth2/v2.0/authorize"),
+            "token_endpoint": format!("{base}/{tenant}/oauth2/v2.0/token"),
+            "device_authorization_endpoint": format!("{base}/{tenant}/oauth2/v2.0/devicecode"),
+            "end_session_endpoint": format!("{base}/{tenant}/oauth2/v2.0/logout"),
+            "jwks_uri": format!("{base}/v1/keys"),
+            "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
+            "subject_types_supported": ["pairwise"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+            "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
+            "scopes_supported": ["openid", "profile", "email", "offline_access"],
+            "tenant_region_scope": null,
+            "cloud_instance_name": "microsoftonline.com",
+        })
+    }
+
     fn openid_configuration(&self) -> Value {
         json!({
             "issuer": self.config.notifications.issuer,
@@ -312,7 +339,9 @@ pub(crate) async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let router = Router::new().fallback(dispatch).with_state(shared);
     let mut connections = JoinSet::new();
     loop {
@@ -334,6 +363,7 @@ pub(crate) async fn serve(
             close: Arc::new(Notify::new()),
         };
         let mut stop = shutdown.clone();
+        let acceptor = acceptor.clone();
         connections.spawn(async move {
             let close = ctl.close.clone();
             let service = hyper::service::service_fn(
@@ -347,11 +377,33 @@ pub(crate) async fn serve(
                     }
                 },
             );
+            let Some(acceptor) = acceptor else {
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service);
+                tokio::select! {
+                    _ = conn => {}
+                    // Dropping the connection closes the socket unanswered.
+                    _ = close.notified() => {}
+                    _ = stopped(&mut stop) => {}
+                }
+                return;
+            };
+            let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
+            let stream = tokio::select! {
+                r = handshake => match r {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "emulator: TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                },
+                _ = stopped(&mut stop) => return,
+            };
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service);
             tokio::select! {
                 _ = conn => {}
-                // Dropping the connection closes the socket unanswered.
                 _ = close.notified() => {}
                 _ = stopped(&mut stop) => {}
             }
@@ -462,6 +514,9 @@ async fn dispatch(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         (&Method::GET, [".well-known", "openid-configuration"])
         | (&Method::GET, ["v1", ".well-known", "OpenIdConfiguration"]) => {
             return axum::Json(shared.openid_configuration()).into_response();
+        }
+        (&Method::GET, [tenant, "v2.0", ".well-known", "openid-configuration"]) => {
+            return axum::Json(shared.tenant_openid_configuration(tenant)).into_response();
         }
         (&Method::GET, ["v1", "keys"]) => {
             return axum::Json(json!({"keys": [shared.key.jwk()]})).into_response();
@@ -1107,7 +1162,7 @@ async fn token(
 
 /// Where the emulator is reachable: an unspecified listen address maps to
 /// loopback.
-pub(crate) fn base_url(addr: SocketAddr) -> String {
+pub(crate) fn base_url(addr: SocketAddr, tls: bool) -> String {
     let ip = addr.ip();
     let ip = if ip.is_unspecified() {
         match ip {
@@ -1117,5 +1172,6 @@ pub(crate) fn base_url(addr: SocketAddr) -> String {
     } else {
         ip
     };
-    format!("http://{}", SocketAddr::new(ip, addr.port()))
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{}", SocketAddr::new(ip, addr.port()))
 }

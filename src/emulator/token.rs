@@ -109,6 +109,23 @@ fn missing(param: &str) -> AadError {
     )
 }
 
+/// Microsoft Graph's resource URIs (global and national clouds): the scope
+/// MSAL, azure-identity and the Graph SDKs ask for
+/// (`https://graph.microsoft.com/.default`), accepted besides the
+/// emulator's own URL.
+pub const GRAPH_RESOURCES: &[&str] = &[
+    "https://graph.microsoft.com",
+    "https://graph.microsoft.us",
+    "https://dod-graph.microsoft.us",
+    "https://microsoftgraph.chinacloudapi.cn",
+];
+
+/// Whether `resource` is one of [`GRAPH_RESOURCES`] (trailing `/` aside).
+pub fn is_graph_resource(resource: &str) -> bool {
+    let r = resource.trim_end_matches('/');
+    GRAPH_RESOURCES.iter().any(|g| g.eq_ignore_ascii_case(r))
+}
+
 /// Checks a client-credentials request; the claims of the token to issue.
 pub fn check_token_request(
     ctx: &TokenContext<'_>,
@@ -158,7 +175,7 @@ pub fn check_token_request(
         ));
     };
     let resource = resource.trim_end_matches('/');
-    if !ctx.bases.iter().any(|b| b.eq_ignore_ascii_case(resource)) {
+    if !ctx.bases.iter().any(|b| b.eq_ignore_ascii_case(resource)) && !is_graph_resource(resource) {
         return Err(AadError::new(
             400,
             "invalid_resource",
