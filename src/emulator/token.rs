@@ -503,11 +503,19 @@ mod tests {
         let mut f = secret_form("a", "b");
         f.insert("scope".into(), format!("{BASE}/Calls.Initiate.All"));
         assert_eq!(check(&cfg, &[], &f).unwrap_err().error, "invalid_scope");
+        // Graph's own scope (what MSAL and the SDKs send) is accepted, and
+        // becomes the audience; another resource is not
+        for graph in [
+            "https://graph.microsoft.com/.default",
+            "https://graph.microsoft.us/.default",
+        ] {
+            let mut f = secret_form("a", "b");
+            f.insert("scope".into(), graph.into());
+            let claims = check(&cfg, &[], &f).expect(graph);
+            assert_eq!(claims.aud, graph.trim_end_matches("/.default"));
+        }
         let mut f = secret_form("a", "b");
-        f.insert(
-            "scope".into(),
-            "https://graph.microsoft.com/.default".into(),
-        );
+        f.insert("scope".into(), "https://example.com/.default".into());
         assert_eq!(check(&cfg, &[], &f).unwrap_err().error, "invalid_resource");
         let mut f = secret_form("a", "b");
         f.remove("client_secret");
