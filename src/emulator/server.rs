@@ -298,8 +298,11 @@ impl Shared {
 
     /// Azure AD's tenant discovery document (`/{tenant}/v2.0/.well-known/
     /// openid-configuration`), which MSAL and azure-identity read first.
-    fn tenant_openid_configuration(&self, tenant: &str) -> Value {
-        let base = &self.base_url;
+    /// Its URLs use the host the client named (`localhost` or `127.0.0.1`),
+    /// as the issuer MSAL checks must match the authority it was given.
+    fn tenant_openid_configuration(&self, tenant: &str, headers: &HeaderMap) -> Value {
+        let bases = self.bases(headers);
+        let base = bases.last().unwrap_or(&self.base_url);
         json!({
             "issuer": format!("{base}/{tenant}/v2.0"),
             "authorization_endpoint": format!("{base}/{tenant}/oauth2/v2.0/authorize"),
@@ -516,7 +519,8 @@ async fn dispatch(State(shared): State<Arc<Shared>>, req: Request) -> Response {
             return axum::Json(shared.openid_configuration()).into_response();
         }
         (&Method::GET, [tenant, "v2.0", ".well-known", "openid-configuration"]) => {
-            return axum::Json(shared.tenant_openid_configuration(tenant)).into_response();
+            return axum::Json(shared.tenant_openid_configuration(tenant, &parts.headers))
+                .into_response();
         }
         (&Method::GET, ["v1", "keys"]) => {
             return axum::Json(json!({"keys": [shared.key.jwk()]})).into_response();
