@@ -384,9 +384,10 @@ async fn invalid_bodies_are_400_in_graph_format() {
     let mut b = good.clone();
     b["requestedModalities"] = json!(["hologram"]);
     cases.push((b, "requestedModalities"));
+    // (no source at all is fine: Graph takes the caller from the token)
     let mut b = good.clone();
-    b.as_object_mut().unwrap().remove("source");
-    cases.push((b, "source is required"));
+    b["source"] = json!({"languageId": "en-US"});
+    cases.push((b, "source.identity is required"));
     let mut b = good.clone();
     b["targets"] = json!([]);
     cases.push((b, "targets"));
