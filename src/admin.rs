@@ -6,6 +6,7 @@
 //! | `GET /readyz` | 503 `not ready` until [`AdminState::set_ready`], then 200 `ready` |
 //! | `GET /metrics` | Prometheus text 0.0.4; OpenMetrics 1.0 when the `Accept` header asks for it |
 //! | `GET /v1/specs` | JSON from the daemon's specs provider |
+//! | `GET /v1/status` | the `calld status --format json` document (what `calld status --admin URL` prints) |
 //! | `GET /v1/runs?spec=NAME&limit=N` | JSON from the daemon's runs provider; 400 without `spec` or with a bad `limit`, 404 for an unknown spec |
 //!
 //! Errors are JSON: `{"error": "..."}`. The providers run on the blocking
@@ -31,6 +32,9 @@ pub type SpecsProvider = Arc<dyn Fn() -> Value + Send + Sync>;
 /// `None` when no such spec is known (404).
 pub type RunsProvider = Arc<dyn Fn(&str, usize) -> Option<Value> + Send + Sync>;
 
+/// `GET /v1/status`: the status document ([`crate::status::status_doc`]).
+pub type StatusProvider = Arc<dyn Fn() -> Result<Value, String> + Send + Sync>;
+
 /// Default and largest `limit` of `/v1/runs`.
 pub const DEFAULT_RUNS_LIMIT: usize = 20;
 pub const MAX_RUNS_LIMIT: usize = 1000;
@@ -44,6 +48,7 @@ pub struct AdminState {
     pub metrics: Metrics,
     pub specs: SpecsProvider,
     pub runs: RunsProvider,
+    pub status: StatusProvider,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -63,6 +68,7 @@ impl AdminState {
             metrics,
             specs: Arc::new(|| json!([])),
             runs: Arc::new(|_, _| None),
+            status: Arc::new(|| Err("no status provider".into())),
         }
     }
 
@@ -76,6 +82,14 @@ impl AdminState {
         f: impl Fn(&str, usize) -> Option<Value> + Send + Sync + 'static,
     ) -> Self {
         self.runs = Arc::new(f);
+        self
+    }
+
+    pub fn with_status(
+        mut self,
+        f: impl Fn() -> Result<Value, String> + Send + Sync + 'static,
+    ) -> Self {
+        self.status = Arc::new(f);
         self
     }
 
@@ -96,6 +110,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/specs", get(specs))
         .route("/v1/runs", get(runs))
+        .route("/v1/status", get(status))
         .fallback(not_found)
         .with_state(state)
 }
@@ -208,10 +223,22 @@ async fn runs(
     }
 }
 
+async fn status(State(state): State<AdminState>) -> Response {
+    let provider = state.status.clone();
+    match tokio::task::spawn_blocking(move || provider()).await {
+        Ok(Ok(value)) => axum::Json(value).into_response(),
+        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the status provider failed",
+        ),
+    }
+}
+
 async fn not_found() -> Response {
     error(
         StatusCode::NOT_FOUND,
-        "not found: /healthz, /readyz, /metrics, /v1/specs, /v1/runs?spec=NAME",
+        "not found: /healthz, /readyz, /metrics, /v1/specs, /v1/status, /v1/runs?spec=NAME",
     )
 }
 

@@ -33,6 +33,7 @@
 //! - [`logging`]: text, JSON and journald logs, level reloadable at run time.
 
 pub mod admin;
+pub mod auth_check;
 pub mod callback;
 pub mod cli;
 pub mod clock;

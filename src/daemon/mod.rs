@@ -786,17 +786,7 @@ pub fn specs_report(set: &SpecSet) -> serde_json::Value {
     let specs: Vec<_> = set
         .specs
         .values()
-        .map(|s| {
-            json!({
-                "name": s.name,
-                "file": s.file,
-                "line": s.line,
-                "revision": s.revision,
-                "suspended": s.suspend,
-                "scheduled": s.schedule.is_some(),
-                "permissions": s.permissions,
-            })
-        })
+        .map(crate::status::spec_report_entry)
         .collect();
     json!({
         "updatedAt": crate::clock::now().to_string(),

@@ -507,8 +507,16 @@ fn admin_state(
 ) -> crate::admin::AdminState {
     let specs = specs.clone();
     let ledger = ledger.clone();
+    let (specs2, ledger2) = (specs.clone(), ledger.clone());
     crate::admin::AdminState::new(metrics.clone())
         .with_specs(move || specs.lock().unwrap_or_else(|p| p.into_inner()).clone())
+        .with_status(move || {
+            let report = specs2.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let l = ledger2.lock().unwrap_or_else(|p| p.into_inner());
+            let input =
+                crate::status::StatusInput::from_ledger(&l, report).map_err(|e| e.to_string())?;
+            Ok(crate::status::status_doc(&input, crate::clock::now()))
+        })
         .with_runs(move |spec, limit| {
             let l = ledger.lock().unwrap_or_else(|p| p.into_inner());
             let records = l.history(spec, limit).ok()?;

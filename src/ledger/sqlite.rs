@@ -324,6 +324,24 @@ impl SqliteLedger {
         quick_check(&self.conn, &self.path)
     }
 
+    /// Per spec, its newest run with outcome `completed` (newest by
+    /// scheduled time), ordered by spec name: `calld status`'s LAST SUCCESS
+    /// and the per-spec metrics.
+    pub fn last_successes(&self) -> Result<Vec<Run>> {
+        query_runs(
+            &self.conn,
+            &format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE seq IN ( \
+                   SELECT (SELECT n.seq FROM runs n WHERE n.spec = s.spec \
+                           AND n.outcome = 'completed' \
+                           ORDER BY n.scheduled_at DESC, n.seq DESC LIMIT 1) \
+                   FROM (SELECT DISTINCT spec FROM runs WHERE outcome = 'completed') s) \
+                 ORDER BY spec"
+            ),
+            [],
+        )
+    }
+
     #[cfg(test)]
     pub(crate) fn conn_for_tests(&self) -> &Connection {
         &self.conn
