@@ -21,7 +21,12 @@ fn render_defaults_to_the_calls_directory() {
     let names: Vec<String> = String::from_utf8(out.stdout)
         .unwrap()
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["name"].as_str().unwrap().to_string())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["name"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     assert_eq!(names, ["a", "team/b"]);
 }
@@ -49,7 +54,9 @@ fn man_writes_a_page_per_command() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     let main = std::fs::read_to_string(dir.path().join("calld.1")).unwrap();
-    for cmd in ["run", "status", "history", "check", "render", "plan", "auth", "man"] {
+    for cmd in [
+        "run", "status", "history", "check", "render", "plan", "auth", "man",
+    ] {
         let page = dir.path().join(format!("calld-{cmd}.1"));
         assert!(page.exists(), "{}", page.display());
     }
@@ -77,7 +84,11 @@ fn man_writes_a_page_per_command() {
     let out = Command::new(BIN).args(["man", "status"]).output().unwrap();
     assert!(out.status.success());
     let page = String::from_utf8(out.stdout).unwrap();
-    assert!(page.contains(".TH calld-status"), "{}", &page[..200.min(page.len())]);
+    assert!(
+        page.contains(".TH calld-status"),
+        "{}",
+        &page[..200.min(page.len())]
+    );
     assert!(page.contains("\\-\\-admin"), "options documented");
 }
 
