@@ -49,6 +49,9 @@ pub struct AdminState {
     pub specs: SpecsProvider,
     pub runs: RunsProvider,
     pub status: StatusProvider,
+    /// Run before each `/metrics` answer (on the blocking pool): refreshes
+    /// the per-spec series from the ledger.
+    pub refresh: Arc<dyn Fn() + Send + Sync>,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -69,6 +72,7 @@ impl AdminState {
             specs: Arc::new(|| json!([])),
             runs: Arc::new(|_, _| None),
             status: Arc::new(|| Err("no status provider".into())),
+            refresh: Arc::new(|| {}),
         }
     }
 
@@ -90,6 +94,11 @@ impl AdminState {
         f: impl Fn() -> Result<Value, String> + Send + Sync + 'static,
     ) -> Self {
         self.status = Arc::new(f);
+        self
+    }
+
+    pub fn with_refresh(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
+        self.refresh = Arc::new(f);
         self
     }
 
@@ -161,6 +170,8 @@ fn wants_openmetrics(headers: &HeaderMap) -> bool {
 }
 
 async fn metrics(State(state): State<AdminState>, headers: HeaderMap) -> Response {
+    let refresh = state.refresh.clone();
+    let _ = tokio::task::spawn_blocking(move || refresh()).await;
     let (content_type, body) = if wants_openmetrics(&headers) {
         (CONTENT_TYPE_OPENMETRICS, state.metrics.encode_openmetrics())
     } else {

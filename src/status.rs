@@ -885,6 +885,78 @@ pub fn history_text(records: &[Json]) -> String {
     out
 }
 
+/// The per-spec metric series (`calld_spec_*`): one row per spec the
+/// daemon reports (valid or held). Pure: the ledger's answers are passed in.
+pub fn spec_series(
+    report: &Json,
+    successes: &[Run],
+    finished: &[Run],
+    open: &[Run],
+    now: Timestamp,
+) -> Vec<crate::metrics::SpecSeries> {
+    let held: BTreeSet<&str> = report["invalidNames"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Json::as_str)
+        .collect();
+    let mut names: BTreeSet<&str> = report["specs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    names.extend(held.iter().copied());
+    let by_spec = |runs: &'_ [Run]| -> BTreeMap<String, Run> {
+        runs.iter().map(|r| (r.spec.clone(), r.clone())).collect()
+    };
+    let successes = by_spec(successes);
+    let finished = by_spec(finished);
+    let mut next: BTreeMap<&str, Timestamp> = BTreeMap::new();
+    for r in open.iter().filter(|r| r.state == RunState::Scheduled) {
+        if held.contains(r.spec.as_str()) && r.due_at <= now {
+            continue; // held, not next
+        }
+        let e = next.entry(r.spec.as_str()).or_insert(r.due_at);
+        *e = (*e).min(r.due_at);
+    }
+    names
+        .into_iter()
+        .map(|n| crate::metrics::SpecSeries {
+            spec: n.to_string(),
+            last_success: successes.get(n).map(|r| r.scheduled_at),
+            last_run: finished.get(n).map(|r| {
+                (
+                    r.scheduled_at,
+                    r.outcome
+                        .map(|o| o.as_str())
+                        .unwrap_or("unknown")
+                        .to_string(),
+                )
+            }),
+            next_run: next.get(n).copied(),
+        })
+        .collect()
+}
+
+/// Refreshes the per-spec metrics from the ledger and the spec report.
+pub fn refresh_spec_metrics(
+    metrics: &crate::metrics::Metrics,
+    ledger: &SqliteLedger,
+    report: &Json,
+    now: Timestamp,
+) -> crate::ledger::Result<()> {
+    let rows = spec_series(
+        report,
+        &ledger.last_successes()?,
+        &ledger.latest_finished_runs()?,
+        &ledger.open_runs()?,
+        now,
+    );
+    metrics.set_spec_series(rows);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -911,6 +983,122 @@ mod tests {
         assert_eq!(local_time(t, &tz, now), "Tue 09:00 CET");
         let summer: Timestamp = "2027-07-01T07:00:00Z".parse().unwrap();
         assert_eq!(local_time(summer, &tz, now), "Thu 2027-07-01 09:00 CEST");
+    }
+
+    fn run(spec: &str, state: RunState, due: &str) -> Run {
+        let t: Timestamp = due.parse().unwrap();
+        Run {
+            id: format!("id-{spec}-{due}"),
+            spec: spec.into(),
+            slot: crate::ledger::Slot::At(t),
+            revision: "r1".into(),
+            scheduled_at: t,
+            due_at: t,
+            state,
+            outcome: None,
+            reason: None,
+            call_id: None,
+            tenant_id: None,
+            result_info: None,
+            established_at: None,
+            created_at: t,
+            updated_at: t,
+        }
+    }
+
+    fn report() -> Json {
+        json!({
+            "updatedAt": "2026-12-01T08:00:00Z",
+            "specs": [
+                {"name": "ok", "kind": "cron", "schedule": "cron 0 9 * * *", "timezone": "Europe/Berlin", "revision": "r1", "suspended": false},
+                {"name": "paused", "kind": "cron", "schedule": "cron 0 9 * * *", "timezone": "UTC", "revision": "r1", "suspended": true},
+                {"name": "done", "kind": "at", "at": "2026-11-30T08:00:00Z", "schedule": "at 2026-11-30T08:00:00Z", "revision": "r1", "suspended": false},
+            ],
+            "invalidNames": ["broken"],
+            "invalidFiles": ["calls.d/broken.yaml"],
+            "diagnostics": [{"file": "calls.d/broken.yaml", "line": 3, "column": 1, "severity": "error", "path": "subjcet", "spec": "broken", "message": "unknown key `subjcet`"}],
+        })
+    }
+
+    #[test]
+    fn states_and_the_held_past_run() {
+        let now: Timestamp = "2026-12-01T10:00:00Z".parse().unwrap();
+        let mut finished = run("done", RunState::Finished, "2026-11-30T08:00:00Z");
+        finished.outcome = Some(crate::ledger::Outcome::Completed);
+        let mut gone = run("gone", RunState::Finished, "2026-11-29T08:00:00Z");
+        gone.outcome = Some(crate::ledger::Outcome::Failed);
+        gone.reason = Some("HTTP 503\nmore".into());
+        let input = StatusInput {
+            report: report(),
+            latest: vec![finished.clone(), gone.clone()],
+            open: vec![
+                run("ok", RunState::Scheduled, "2026-12-02T08:00:00Z"),
+                // the held spec's run is past due: not "next"
+                run("broken", RunState::Scheduled, "2026-12-01T09:00:00Z"),
+            ],
+            successes: vec![finished],
+        };
+        let doc = status_doc(&input, now);
+        let get = |n: &str| {
+            doc["specs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["name"] == n)
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(get("ok")["state"], "active");
+        assert_eq!(get("ok")["nextLocal"], "Wed 09:00 CET");
+        assert_eq!(get("paused")["state"], "suspended");
+        assert_eq!(get("done")["state"], "waiting");
+        assert!(
+            get("done")["stateReason"]
+                .as_str()
+                .unwrap()
+                .contains("has passed")
+        );
+        assert_eq!(get("gone")["state"], "removed");
+        assert_eq!(get("gone")["lastRun"]["outcome"], "failed");
+        let broken = get("broken");
+        assert_eq!(broken["state"], "held");
+        assert!(broken["nextRun"].is_null(), "{broken}");
+        let why = broken["stateReason"].as_str().unwrap();
+        assert!(why.contains("held") && why.contains("subjcet"), "{why}");
+
+        let cut_table = status_text(&doc, Some(115));
+        let cut_line = cut_table.lines().find(|l| l.starts_with("gone ")).unwrap();
+        assert!(
+            cut_line.ends_with('…') && cut_line.chars().count() <= 115,
+            "{cut_line}"
+        );
+        let table = status_text(&doc, None);
+        let line = table.lines().find(|l| l.starts_with("ok ")).unwrap();
+        assert!(line.contains("Wed 09:00 CET (in 22h)"), "{line}");
+        let gone_line = table.lines().find(|l| l.starts_with("gone ")).unwrap();
+        assert!(
+            gone_line.ends_with("no longer in the calls directory"),
+            "{gone_line}"
+        );
+        assert!(
+            table.lines().all(|l| !l.contains("more")),
+            "one line per reason"
+        );
+
+        // metrics: held past run not next; removed spec absent
+        let rows = spec_series(
+            &input.report,
+            &input.successes,
+            &input.latest,
+            &input.open,
+            now,
+        );
+        let names: Vec<&str> = rows.iter().map(|r| r.spec.as_str()).collect();
+        assert_eq!(names, ["broken", "done", "ok", "paused"]);
+        assert_eq!(rows[0].next_run, None);
+        assert!(rows[1].last_success.is_some());
+        assert_eq!(rows[1].last_run.as_ref().unwrap().1, "completed");
+        assert!(rows[2].next_run.is_some());
     }
 
     #[test]

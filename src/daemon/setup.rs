@@ -508,6 +508,7 @@ fn admin_state(
     let specs = specs.clone();
     let ledger = ledger.clone();
     let (specs2, ledger2) = (specs.clone(), ledger.clone());
+    let (specs3, ledger3, metrics3) = (specs.clone(), ledger.clone(), metrics.clone());
     crate::admin::AdminState::new(metrics.clone())
         .with_specs(move || specs.lock().unwrap_or_else(|p| p.into_inner()).clone())
         .with_status(move || {
@@ -516,6 +517,15 @@ fn admin_state(
             let input =
                 crate::status::StatusInput::from_ledger(&l, report).map_err(|e| e.to_string())?;
             Ok(crate::status::status_doc(&input, crate::clock::now()))
+        })
+        .with_refresh(move || {
+            let report = specs3.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let l = ledger3.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) =
+                crate::status::refresh_spec_metrics(&metrics3, &l, &report, crate::clock::now())
+            {
+                tracing::warn!(error = %e, "cannot refresh the per-spec metrics");
+            }
         })
         .with_runs(move |spec, limit| {
             let l = ledger.lock().unwrap_or_else(|p| p.into_inner());

@@ -342,6 +342,23 @@ impl SqliteLedger {
         )
     }
 
+    /// Per spec, its newest finished run that was not `canceled` (newest
+    /// by scheduled time), ordered by spec name: the per-spec metrics.
+    pub fn latest_finished_runs(&self) -> Result<Vec<Run>> {
+        query_runs(
+            &self.conn,
+            &format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE seq IN ( \
+                   SELECT (SELECT n.seq FROM runs n WHERE n.spec = s.spec \
+                           AND n.state = 'finished' AND n.outcome <> 'canceled' \
+                           ORDER BY n.scheduled_at DESC, n.seq DESC LIMIT 1) \
+                   FROM (SELECT DISTINCT spec FROM runs WHERE state = 'finished') s) \
+                 ORDER BY spec"
+            ),
+            [],
+        )
+    }
+
     #[cfg(test)]
     pub(crate) fn conn_for_tests(&self) -> &Connection {
         &self.conn
