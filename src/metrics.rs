@@ -214,6 +214,12 @@ impl Metrics {
             token_refreshes.clone(),
         );
 
+        for result in ["ok", "error"] {
+            let _ = token_refreshes.get_or_create(&ResultLabels {
+                result: result.to_string(),
+            });
+        }
+
         let notifications = Family::<ResultLabels, Counter>::default();
         registry.register(
             "notifications",
@@ -403,6 +409,23 @@ impl Metrics {
                 operation: operation.to_string(),
             })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Sets `calld_token_refreshes_total` from the token source's own
+    /// counts (`fetches` sent, `failures` of them failed); counts only grow.
+    pub fn set_token_refreshes(&self, fetches: u64, failures: u64) {
+        for (result, n) in [
+            ("ok", fetches.saturating_sub(failures)),
+            ("error", failures),
+        ] {
+            let c = self.token_refreshes.get_or_create(&ResultLabels {
+                result: result.to_string(),
+            });
+            let have = c.get();
+            if n > have {
+                c.inc_by(n - have);
+            }
+        }
     }
 
     /// One access-token request finished (`ok`: a token was obtained).

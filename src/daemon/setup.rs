@@ -316,7 +316,7 @@ async fn run_async(
     let metrics = crate::metrics::Metrics::new();
     let notifier = crate::systemd::Notifier::from_env();
     let specs_json = Arc::new(Mutex::new(serde_json::Value::Null));
-    let admin_state = admin_state(&metrics, &specs_json, &ledger);
+    let admin_state = admin_state(&metrics, &specs_json, &ledger, client.tokens().clone());
     let admin_task = start_admin(&config.admin.listen, admin_state.clone(), shutdown()).await;
     let sandbox = sandbox_callback.is_some();
     let rt = Runtime {
@@ -504,6 +504,7 @@ fn admin_state(
     metrics: &crate::metrics::Metrics,
     specs: &Arc<Mutex<serde_json::Value>>,
     ledger: &super::SharedLedger,
+    tokens: Arc<crate::graph::TokenSource>,
 ) -> crate::admin::AdminState {
     let specs = specs.clone();
     let ledger = ledger.clone();
@@ -519,6 +520,7 @@ fn admin_state(
             Ok(crate::status::status_doc(&input, crate::clock::now()))
         })
         .with_refresh(move || {
+            metrics3.set_token_refreshes(tokens.fetch_count(), tokens.fetch_failure_count());
             let report = specs3.lock().unwrap_or_else(|p| p.into_inner()).clone();
             let l = ledger3.lock().unwrap_or_else(|p| p.into_inner());
             if let Err(e) =
