@@ -13,6 +13,7 @@
 //! before its create request leaves; the ledger refuses to mark a run twice,
 //! and a run left `requesting` by a crash becomes `unknown`, never re-sent.
 
+mod logs;
 mod setup;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -104,6 +105,8 @@ pub(crate) struct Controller {
     /// Due times of the open runs of the last decision (for the lag metric).
     due: HashMap<String, Timestamp>,
     last_status: String,
+    /// Findings already logged, so each is logged once per file revision.
+    load_log: logs::LoadLog,
     /// A due run was left `scheduled` by the last decision because
     /// `graph.maxConcurrentRequests` requests were in flight; the next
     /// finished request triggers the decision that places it.
@@ -130,6 +133,7 @@ impl Controller {
             watched: BTreeSet::new(),
             due: HashMap::new(),
             last_status: String::new(),
+            load_log: logs::LoadLog::default(),
             deferred: false,
         }
     }
@@ -158,22 +162,7 @@ impl Controller {
                 format!("cannot read the calls directory: {e}"),
             ));
         }
-        for d in set.diagnostics.iter() {
-            match d.severity {
-                crate::spec::Severity::Error => {
-                    tracing::warn!(file = %d.file, line = d.line, column = d.column, spec = d.spec.as_deref().unwrap_or(""), "invalid spec: {d}")
-                }
-                crate::spec::Severity::Warning => {
-                    tracing::info!(file = %d.file, spec = d.spec.as_deref().unwrap_or(""), "spec warning: {d}")
-                }
-            }
-        }
-        tracing::info!(
-            files = set.file_count,
-            specs = set.specs.len(),
-            invalid_files = set.invalid_files.len(),
-            "calls directory loaded"
-        );
+        self.load_log.log(&self.specs, &set, snap);
         self.rt.metrics.watcher_rescan();
         self.rt.metrics.set_spec_files(
             (set.file_count - set.invalid_files.len()) as u64,
@@ -553,7 +542,12 @@ impl Controller {
                         match res {
                             Ok(Some(n)) => {
                                 self.rt.metrics.notification("recorded");
-                                tracing::debug!(run = %n.run.id, spec = %n.run.spec, state = %notice.update.state, change = ?n.change, "notification")
+                                if n.change == ledger::StateChange::Recorded {
+                                    tracing::debug!(run = %n.run.id, spec = %n.run.spec, state = %notice.update.state, change = ?n.change, "notification")
+                                } else {
+                                    // one line per state change of a call (answered: established)
+                                    tracing::info!(run = %n.run.id, spec = %n.run.spec, call_id = n.run.call_id.as_deref().unwrap_or(""), state = %n.run.state, call_state = %notice.update.state, "call state changed")
+                                }
                             }
                             Ok(None) => {
                                 self.rt.metrics.notification("unmatched");
