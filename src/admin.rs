@@ -6,6 +6,8 @@
 //! | `GET /readyz` | 503 `not ready` until [`AdminState::set_ready`], then 200 `ready` |
 //! | `GET /metrics` | Prometheus text 0.0.4; OpenMetrics 1.0 when the `Accept` header asks for it |
 //! | `GET /v1/specs` | JSON from the daemon's specs provider |
+//! | `POST /v1/trigger` | `{"spec", "requestId"}`: one run of the spec now ([`crate::trigger`]); 404 unknown spec, 409 invalid or suspended |
+//! | `POST /v1/retry` | `{"run", "force"?}`: a finished run's call again; 404 unknown run, 409 not retryable |
 //! | `GET /v1/status` | the `calld status --format json` document (what `calld status --admin URL` prints) |
 //! | `GET /v1/runs?spec=NAME&limit=N` | JSON from the daemon's runs provider; 400 without `spec` or with a bad `limit`, 404 for an unknown spec |
 //!
@@ -35,6 +37,10 @@ pub type RunsProvider = Arc<dyn Fn(&str, usize) -> Option<Value> + Send + Sync>;
 /// `GET /v1/status`: the status document ([`crate::status::status_doc`]).
 pub type StatusProvider = Arc<dyn Fn() -> Result<Value, String> + Send + Sync>;
 
+/// `POST /v1/trigger` and `/v1/retry`: (path, JSON body) → JSON, or
+/// (HTTP status, message).
+pub type ActionProvider = Arc<dyn Fn(&str, Value) -> Result<Value, (u16, String)> + Send + Sync>;
+
 /// Default and largest `limit` of `/v1/runs`.
 pub const DEFAULT_RUNS_LIMIT: usize = 20;
 pub const MAX_RUNS_LIMIT: usize = 1000;
@@ -52,6 +58,7 @@ pub struct AdminState {
     /// Run before each `/metrics` answer (on the blocking pool): refreshes
     /// the per-spec series from the ledger.
     pub refresh: Arc<dyn Fn() + Send + Sync>,
+    pub actions: ActionProvider,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -73,6 +80,7 @@ impl AdminState {
             runs: Arc::new(|_, _| None),
             status: Arc::new(|| Err("no status provider".into())),
             refresh: Arc::new(|| {}),
+            actions: Arc::new(|_, _| Err((503, "not served here".into()))),
         }
     }
 
@@ -94,6 +102,14 @@ impl AdminState {
         f: impl Fn() -> Result<Value, String> + Send + Sync + 'static,
     ) -> Self {
         self.status = Arc::new(f);
+        self
+    }
+
+    pub fn with_actions(
+        mut self,
+        f: impl Fn(&str, Value) -> Result<Value, (u16, String)> + Send + Sync + 'static,
+    ) -> Self {
+        self.actions = Arc::new(f);
         self
     }
 
@@ -120,6 +136,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/specs", get(specs))
         .route("/v1/runs", get(runs))
         .route("/v1/status", get(status))
+        .route("/v1/trigger", axum::routing::post(trigger))
+        .route("/v1/retry", axum::routing::post(retry))
         .fallback(not_found)
         .with_state(state)
 }
@@ -244,6 +262,39 @@ async fn status(State(state): State<AdminState>) -> Response {
             "the status provider failed",
         ),
     }
+}
+
+async fn action(
+    state: AdminState,
+    path: &'static str,
+    body: Result<axum::Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Ok(axum::Json(body)) = body else {
+        return error(StatusCode::BAD_REQUEST, "the body must be a JSON object");
+    };
+    let provider = state.actions.clone();
+    match tokio::task::spawn_blocking(move || provider(path, body)).await {
+        Ok(Ok(value)) => axum::Json(value).into_response(),
+        Ok(Err((status, message))) => error(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            message,
+        ),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "the action failed"),
+    }
+}
+
+async fn trigger(
+    State(state): State<AdminState>,
+    body: Result<axum::Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    action(state, "trigger", body).await
+}
+
+async fn retry(
+    State(state): State<AdminState>,
+    body: Result<axum::Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    action(state, "retry", body).await
 }
 
 async fn not_found() -> Response {

@@ -52,6 +52,7 @@ pub mod source;
 pub mod spec;
 pub mod status;
 pub mod systemd;
+pub mod trigger;
 
 /// The git commit calld was built from (`git rev-parse --short HEAD`, or
 /// `$CALLD_GIT_COMMIT` at build time, else "unknown").

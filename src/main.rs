@@ -117,6 +117,38 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: OutFormat,
     },
+    /// Place one run of a spec now, outside its schedule, through the running daemon (recorded like any run).
+    Trigger {
+        /// The spec's name
+        name: String,
+        /// An id for this request: the same id never places two runs (default: a fresh one)
+        #[arg(long)]
+        request_id: Option<String>,
+        #[arg(long, help = CONFIG_HELP)]
+        config: Option<PathBuf>,
+        /// The daemon's admin endpoint (default: the configuration's admin.listen)
+        #[arg(long, value_name = "URL")]
+        admin: Option<String>,
+        /// Output format
+        #[arg(long, value_enum, default_value = "text")]
+        format: OutFormat,
+    },
+    /// Place a finished run's call again (outcome failed, missed or notEstablished; unknown with --force).
+    Retry {
+        /// The run's id (as `calld history` shows it)
+        run: String,
+        /// Also retry a run that ended `unknown` (its call may have rung already)
+        #[arg(long)]
+        force: bool,
+        #[arg(long, help = CONFIG_HELP)]
+        config: Option<PathBuf>,
+        /// The daemon's admin endpoint (default: the configuration's admin.listen)
+        #[arg(long, value_name = "URL")]
+        admin: Option<String>,
+        /// Output format
+        #[arg(long, value_enum, default_value = "text")]
+        format: OutFormat,
+    },
     /// Validate spec files or directories (default: the calls directory). No network.
     Check {
         /// Files or directories (default: the calls directory)
@@ -282,6 +314,32 @@ fn main() -> ExitCode {
             state_dir.as_deref(),
             admin.as_deref(),
             format.into(),
+        ),
+        Command::Trigger {
+            name,
+            request_id,
+            config,
+            admin,
+            format,
+        } => calld::trigger::trigger_cmd(
+            &name,
+            request_id.as_deref(),
+            config.as_deref(),
+            admin.as_deref(),
+            matches!(format, OutFormat::Json),
+        ),
+        Command::Retry {
+            run,
+            force,
+            config,
+            admin,
+            format,
+        } => calld::trigger::retry_cmd(
+            &run,
+            force,
+            config.as_deref(),
+            admin.as_deref(),
+            matches!(format, OutFormat::Json),
         ),
         Command::Check {
             paths,

@@ -187,6 +187,7 @@ pub fn spec_report_entry(s: &Spec) -> Json {
         "at": at,
         "permissions": s.permissions,
         "targets": target_count(s),
+        "tenantId": s.call.tenant_id,
     })
 }
 

@@ -60,6 +60,9 @@ pub async fn with_ledger<T: Send + 'static>(
 pub(crate) enum Event {
     /// A create request finished (its result is already in the ledger).
     Placed { run: String, outcome: &'static str },
+    /// A run was requested through the admin endpoint (`calld trigger`,
+    /// `calld retry`): it is in the ledger, due now.
+    Triggered { run: String },
     /// A hang-up or keepAlive finished.
     CallOp {
         run: String,
@@ -476,6 +479,9 @@ impl Controller {
             Event::Placed { run, outcome } => {
                 tracing::debug!(run = %run, result = outcome, "create request finished");
                 self.in_flight.remove(&run);
+            }
+            Event::Triggered { run } => {
+                tracing::debug!(run = %run, "run requested through the admin endpoint");
             }
             Event::CallOp { run, op, gone } => {
                 self.ops_in_flight.remove(&(run.clone(), op));

@@ -737,7 +737,7 @@ impl Ledger for SqliteLedger {
         let slot_text = slot.key_text();
         let scheduled = match &slot {
             Slot::At(t) => *t,
-            Slot::Revision(_) => now,
+            Slot::Revision(_) | Slot::Trigger(_) => now,
         };
         self.write(|tx| {
             // The (spec, slot) UNIQUE constraint decides; the id is retried on
