@@ -2,6 +2,7 @@
 //!
 //! | path | answers |
 //! |---|---|
+//! | `GET /` | the dashboard ([`crate::dashboard`]): HTML, read-only |
 //! | `GET /healthz` | 200 `ok` while the process serves HTTP |
 //! | `GET /readyz` | 503 `not ready` until [`AdminState::set_ready`], then 200 `ready` |
 //! | `GET /metrics` | Prometheus text 0.0.4; OpenMetrics 1.0 when the `Accept` header asks for it |
@@ -59,6 +60,8 @@ pub struct AdminState {
     /// the per-spec series from the ledger.
     pub refresh: Arc<dyn Fn() + Send + Sync>,
     pub actions: ActionProvider,
+    /// `GET /`: the dashboard's HTML.
+    pub dashboard: Arc<dyn Fn() -> Result<String, String> + Send + Sync>,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -81,6 +84,7 @@ impl AdminState {
             status: Arc::new(|| Err("no status provider".into())),
             refresh: Arc::new(|| {}),
             actions: Arc::new(|_, _| Err((503, "not served here".into()))),
+            dashboard: Arc::new(|| Err("no dashboard here".into())),
         }
     }
 
@@ -113,6 +117,14 @@ impl AdminState {
         self
     }
 
+    pub fn with_dashboard(
+        mut self,
+        f: impl Fn() -> Result<String, String> + Send + Sync + 'static,
+    ) -> Self {
+        self.dashboard = Arc::new(f);
+        self
+    }
+
     pub fn with_refresh(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
         self.refresh = Arc::new(f);
         self
@@ -130,6 +142,7 @@ impl AdminState {
 /// The admin routes.
 pub fn router(state: AdminState) -> Router {
     Router::new()
+        .route("/", get(dashboard))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -297,10 +310,30 @@ async fn retry(
     action(state, "retry", body).await
 }
 
+async fn dashboard(State(state): State<AdminState>) -> Response {
+    let provider = state.dashboard.clone();
+    match tokio::task::spawn_blocking(move || provider()).await {
+        Ok(Ok(html)) => (
+            [
+                (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                // no script, no outside asset: say so to the browser too
+                (
+                    header::CONTENT_SECURITY_POLICY,
+                    "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'",
+                ),
+            ],
+            html,
+        )
+            .into_response(),
+        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "the dashboard failed"),
+    }
+}
+
 async fn not_found() -> Response {
     error(
         StatusCode::NOT_FOUND,
-        "not found: /healthz, /readyz, /metrics, /v1/specs, /v1/status, /v1/runs?spec=NAME",
+        "not found: /, /healthz, /readyz, /metrics, /v1/specs, /v1/status, /v1/runs?spec=NAME",
     )
 }
 

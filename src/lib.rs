@@ -38,6 +38,7 @@ pub mod callback;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod dashboard;
 pub mod daemon;
 pub mod duration;
 pub mod emulator;

@@ -155,6 +155,13 @@ fn short_time(t: &jiff::Timestamp) -> String {
 /// What the daemon's spec report (`specs.json`, `/v1/specs`) says of one
 /// spec, for `status`: where it is, its schedule in words and its zone.
 pub fn spec_report_entry(s: &Spec) -> Json {
+    let cron = match &s.schedule {
+        Some(sc) => match &sc.trigger {
+            Trigger::Cron(c) => Some(c.as_str().to_string()),
+            Trigger::At(_) => None,
+        },
+        None => None,
+    };
     let (kind, schedule, timezone, jitter, until, at) = match &s.schedule {
         None => ("once", "once".to_string(), None, None, None, None),
         Some(sc) => {
@@ -185,6 +192,7 @@ pub fn spec_report_entry(s: &Spec) -> Json {
         "jitter": jitter,
         "until": until,
         "at": at,
+        "cron": cron,
         "permissions": s.permissions,
         "targets": target_count(s),
         "tenantId": s.call.tenant_id,

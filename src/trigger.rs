@@ -348,7 +348,7 @@ mod tests {
     fn retry_by_outcome() {
         let mut l = SqliteLedger::open_in_memory().unwrap();
         let now: Timestamp = "2026-12-01T08:00:00Z".parse().unwrap();
-        let mut finished = |l: &mut SqliteLedger, req: &str, outcome: Outcome| {
+        let finished = |l: &mut SqliteLedger, req: &str, outcome: Outcome| {
             let doc = trigger(l, &report(), "a", req, now).unwrap();
             let id = doc["run"]["id"].as_str().unwrap().to_string();
             if outcome == Outcome::Unknown {

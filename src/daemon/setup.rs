@@ -518,6 +518,7 @@ fn admin_state(
     let (specs2, ledger2) = (specs.clone(), ledger.clone());
     let (specs3, ledger3, metrics3) = (specs.clone(), ledger.clone(), metrics.clone());
     let (specs4, ledger4) = (specs.clone(), ledger.clone());
+    let (specs5, ledger5) = (specs.clone(), ledger.clone());
     crate::admin::AdminState::new(metrics.clone())
         .with_specs(move || specs.lock().unwrap_or_else(|p| p.into_inner()).clone())
         .with_status(move || {
@@ -555,6 +556,31 @@ fn admin_state(
             // wake the controller: the run is due now
             let _ = events.try_send(Event::Triggered { run });
             Ok(doc)
+        })
+        .with_dashboard(move || {
+            let report = specs5.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let now = crate::clock::now();
+            let l = ledger5.lock().unwrap_or_else(|p| p.into_inner());
+            let input = crate::status::StatusInput::from_ledger(&l, report.clone())
+                .map_err(|e| e.to_string())?;
+            let doc = crate::status::status_doc(&input, now);
+            let mut recent = Vec::new();
+            for s in doc["specs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .take(crate::dashboard::MAX_SPECS)
+            {
+                let name = s["name"].as_str().unwrap_or("").to_string();
+                let runs = l
+                    .history(&name, crate::dashboard::RECENT_RUNS)
+                    .map_err(|e| e.to_string())?
+                    .iter()
+                    .map(|r| serde_json::to_value(r).unwrap_or_default())
+                    .collect();
+                recent.push((name, runs));
+            }
+            Ok(crate::dashboard::render(&doc, &report, &recent, now))
         })
         .with_refresh(move || {
             metrics3.set_token_refreshes(tokens.fetch_count(), tokens.fetch_failure_count());
