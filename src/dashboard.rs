@@ -177,7 +177,11 @@ fn timeline(lanes: &[(String, String, Vec<Timestamp>)], now: Timestamp) -> Strin
         }
     }
     let max = buckets.iter().copied().max().unwrap_or(0).max(1);
-    write!(svg, "<text x=\"0\" y=\"26\">runs per 15 min (max {max})</text>").ok();
+    write!(
+        svg,
+        "<text x=\"0\" y=\"26\">runs per 15 min (max {max})</text>"
+    )
+    .ok();
     for (i, n) in buckets.iter().enumerate().filter(|(_, n)| **n > 0) {
         let h = 30.0 * f64::from(*n) / f64::from(max);
         let x = label_w + plot_w * (i as f64 / 96.0);
@@ -244,11 +248,9 @@ pub fn render(doc: &Json, report: &Json, recent: &[(String, Vec<Json>)], now: Ti
     h.push_str("<h2>Specs</h2><table id=\"status\"><thead><tr><th>spec</th><th>state</th><th>schedule</th><th>next</th><th>last</th><th>last success</th><th>reason</th></tr></thead><tbody>");
     for s in &specs {
         let next = match (&s["nextRun"], s["nextLocal"].as_str()) {
-            (n, Some(local)) if !n.is_null() => format!(
-                "{} ({})",
-                esc(local),
-                esc(&rel(ts(&n["dueAt"]), now))
-            ),
+            (n, Some(local)) if !n.is_null() => {
+                format!("{} ({})", esc(local), esc(&rel(ts(&n["dueAt"]), now)))
+            }
             _ => "-".into(),
         };
         let last = match (&s["currentRun"], &s["lastRun"]) {
@@ -405,15 +407,20 @@ mod tests {
         ]});
         let lanes = next_day_runs(&report, now);
         assert_eq!(lanes.len(), 2, "{lanes:?}");
-        assert_eq!(lanes[0].2, vec!["2026-12-01T08:00:00Z".parse::<Timestamp>().unwrap()]);
+        assert_eq!(
+            lanes[0].2,
+            vec!["2026-12-01T08:00:00Z".parse::<Timestamp>().unwrap()]
+        );
         assert_eq!(lanes[1].2.len(), 24);
         let doc = json!({"specs": [{"name": "stand<up>", "state": "active", "schedule": "cron 0 9 * * *"}], "invalidFiles": []});
         let recent = vec![(
             "stand<up>".to_string(),
-            vec![json!({"id": "r1", "outcome": "completed", "scheduledAt": "2026-11-30T08:00:00Z",
+            vec![
+                json!({"id": "r1", "outcome": "completed", "scheduledAt": "2026-11-30T08:00:00Z",
                 "slot": {"at": "2026-11-30T08:00:00Z"},
                 "attempts": [{"number": 1, "disposition": "placed", "httpStatus": 201, "callId": "c1"}],
-                "callStates": [{"state": "establishing", "callId": "c1"}, {"state": "established", "callId": "c1"}, {"state": "terminated", "callId": "c1"}]})],
+                "callStates": [{"state": "establishing", "callId": "c1"}, {"state": "established", "callId": "c1"}, {"state": "terminated", "callId": "c1"}]}),
+            ],
         )];
         let html = render(&doc, &report, &recent, now);
         assert!(html.contains("stand&lt;up&gt;") && !html.contains("stand<up>"));
@@ -421,7 +428,13 @@ mod tests {
         assert!(!html.contains("<script"));
         let lane = &html[html.find("data-run=\"r1\"").unwrap()..];
         let lane = &lane[..lane.find("</div>").unwrap()];
-        for part in ["attempt 1: placed HTTP 201", "establishing", "established", "terminated", "completed"] {
+        for part in [
+            "attempt 1: placed HTTP 201",
+            "establishing",
+            "established",
+            "terminated",
+            "completed",
+        ] {
             assert!(lane.contains(part), "{part} in {lane}");
         }
     }

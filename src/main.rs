@@ -149,6 +149,20 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: OutFormat,
     },
+    /// What the running daemon would do if its calls directory became PATH (exit 0: nothing would change, 1: something would).
+    Diff {
+        /// The proposed calls directory (default: the calls directory)
+        path: Option<PathBuf>,
+        #[arg(long, help = CONFIG_HELP)]
+        config: Option<PathBuf>,
+        #[arg(long, help = STATE_HELP, conflicts_with = "admin")]
+        state_dir: Option<PathBuf>,
+        #[arg(long, help = ADMIN_HELP, value_name = "URL")]
+        admin: Option<String>,
+        /// Output format
+        #[arg(long, value_enum, default_value = "text")]
+        format: OutFormat,
+    },
     /// Validate spec files or directories (default: the calls directory). No network.
     Check {
         /// Files or directories (default: the calls directory)
@@ -340,6 +354,19 @@ fn main() -> ExitCode {
             config.as_deref(),
             admin.as_deref(),
             matches!(format, OutFormat::Json),
+        ),
+        Command::Diff {
+            path,
+            config,
+            state_dir,
+            admin,
+            format,
+        } => calld::diff::run(
+            path.as_deref(),
+            config.as_deref(),
+            state_dir.as_deref(),
+            admin.as_deref(),
+            format.into(),
         ),
         Command::Check {
             paths,

@@ -19,7 +19,11 @@ use daemon_support::*;
 fn http_get(port: u16, path: &str) -> Option<(String, String)> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     let (head, body) = out.split_once("\r\n\r\n")?;
@@ -43,7 +47,12 @@ fn chromium() -> Option<PathBuf> {
         })
 }
 
-fn headless(bin: &PathBuf, profile: &std::path::Path, args: &[&str], url: &str) -> std::process::Output {
+fn headless(
+    bin: &PathBuf,
+    profile: &std::path::Path,
+    args: &[&str],
+    url: &str,
+) -> std::process::Output {
     Command::new(bin)
         .args([
             "--headless",
@@ -67,13 +76,43 @@ fn the_dashboard_renders_in_a_browser() {
     let admin = free_port();
     let env = Env::with_config(&emu, &format!("admin: {{ listen: 127.0.0.1:{admin} }}\n"));
     let cron = |expr: &str, tz: &str| format!("schedule: {{ cron: \"{expr}\", timezone: {tz} }}\n");
-    env.drop_spec("team-a/standup.yaml", &format!("{}{}", call_spec("Standup"), cron("0 9 * * *", "Europe/Berlin")));
-    env.drop_spec("team-b/standup.yaml", &format!("{}{}", call_spec("Standup B"), cron("0 9 * * *", "Europe/London")));
-    env.drop_spec("oncall/hourly.yaml", &format!("{}{}", call_spec("Hourly"), cron("30 * * * *", "UTC")));
-    env.drop_spec("paused.yaml", &format!("{}suspend: true\n{}", call_spec("Paused"), cron("0 10 * * *", "UTC")));
+    env.drop_spec(
+        "team-a/standup.yaml",
+        &format!(
+            "{}{}",
+            call_spec("Standup"),
+            cron("0 9 * * *", "Europe/Berlin")
+        ),
+    );
+    env.drop_spec(
+        "team-b/standup.yaml",
+        &format!(
+            "{}{}",
+            call_spec("Standup B"),
+            cron("0 9 * * *", "Europe/London")
+        ),
+    );
+    env.drop_spec(
+        "oncall/hourly.yaml",
+        &format!("{}{}", call_spec("Hourly"), cron("30 * * * *", "UTC")),
+    );
+    env.drop_spec(
+        "paused.yaml",
+        &format!(
+            "{}suspend: true\n{}",
+            call_spec("Paused"),
+            cron("0 10 * * *", "UTC")
+        ),
+    );
     env.drop_spec("hello.yaml", &call_spec("Hello"));
-    env.drop_spec("decliner.yaml", "subject: Decliner\ntargets:\n  - phone: \"+14255550199\"\n");
-    env.drop_spec("broken.yaml", &format!("{}subjcet: typo\n", call_spec("Broken")));
+    env.drop_spec(
+        "decliner.yaml",
+        "subject: Decliner\ntargets:\n  - phone: \"+14255550199\"\n",
+    );
+    env.drop_spec(
+        "broken.yaml",
+        &format!("{}subjcet: typo\n", call_spec("Broken")),
+    );
     let _daemon = env.start();
     wait_until("hello completed and decliner declined", || {
         let hello = env.history("hello");
@@ -86,20 +125,37 @@ fn the_dashboard_renders_in_a_browser() {
     let head_l = head.to_ascii_lowercase();
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(head_l.contains("content-type: text/html"), "{head}");
-    assert!(head_l.contains("content-security-policy: default-src 'none'"), "{head}");
+    assert!(
+        head_l.contains("content-security-policy: default-src 'none'"),
+        "{head}"
+    );
     assert!(!html.contains("<script"), "no JavaScript");
     for outside in ["src=\"http", "href=\"http", "@import", "url("] {
         assert!(!html.contains(outside), "no outside asset ({outside})");
     }
-    for name in ["team-a/standup", "team-b/standup", "oncall/hourly", "paused", "hello", "decliner"] {
-        assert!(html.contains(&format!("data-spec=\"{name}\"")), "{name} in the table");
+    for name in [
+        "team-a/standup",
+        "team-b/standup",
+        "oncall/hourly",
+        "paused",
+        "hello",
+        "decliner",
+    ] {
+        assert!(
+            html.contains(&format!("data-spec=\"{name}\"")),
+            "{name} in the table"
+        );
     }
 
     let Some(bin) = chromium() else {
         if std::env::var_os("CALLD_REQUIRE_CHROMIUM").is_some() {
-            panic!("CALLD_REQUIRE_CHROMIUM is set but no chromium is installed (apt-get install chromium)");
+            panic!(
+                "CALLD_REQUIRE_CHROMIUM is set but no chromium is installed (apt-get install chromium)"
+            );
         }
-        println!("SKIPPED the browser part: no chromium installed (apt-get install chromium); the HTML checks above ran");
+        println!(
+            "SKIPPED the browser part: no chromium installed (apt-get install chromium); the HTML checks above ran"
+        );
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
@@ -120,23 +176,40 @@ fn the_dashboard_renders_in_a_browser() {
     let lane_of = |spec: &str| {
         let runs = env.history(spec);
         let id = runs[0]["id"].as_str().unwrap().to_string();
-        let start = dom.find(&format!("data-run=\"{id}\"")).expect("the run's lane");
+        let start = dom
+            .find(&format!("data-run=\"{id}\""))
+            .expect("the run's lane");
         let lane = &dom[start..];
         lane[..lane.find("</div>").unwrap()].to_string()
     };
     let hello = lane_of("hello");
-    for part in ["attempt 1: placed HTTP 201", "establishing", "established", "terminated", "completed"] {
+    for part in [
+        "attempt 1: placed HTTP 201",
+        "establishing",
+        "established",
+        "terminated",
+        "completed",
+    ] {
         assert!(hello.contains(part), "{part} in {hello}");
     }
     let declined = lane_of("decliner");
-    assert!(declined.contains("notEstablished") && !declined.contains(">established<"), "{declined}");
-    assert!(dom.contains("class=\"st held\""), "the invalid spec is held");
+    assert!(
+        declined.contains("notEstablished") && !declined.contains(">established<"),
+        "{declined}"
+    );
+    assert!(
+        dom.contains("class=\"st held\""),
+        "the invalid spec is held"
+    );
 
     let shot = tmp.path().join("dashboard.png");
     let out = headless(
         &bin,
         &tmp.path().join("profile"),
-        &[&format!("--screenshot={}", shot.display()), "--window-size=1280,1500"],
+        &[
+            &format!("--screenshot={}", shot.display()),
+            "--window-size=1280,1500",
+        ],
         &url,
     );
     assert!(out.status.success(), "{out:?}");
