@@ -60,9 +60,7 @@ fn trigger_places_one_run_per_request_and_retry_places_a_failed_one_again() {
     );
     env.drop_spec(
         "decliner.yaml",
-        &format!(
-            "subject: Decliner\ntargets:\n  - phone: \"+14255550199\"\nschedule: {{ cron: \"0 3 1 1 *\" }}\n"
-        ),
+        "subject: Decliner\ntargets:\n  - phone: \"+14255550199\"\nschedule: { cron: \"0 3 1 1 *\" }\n",
     );
     let _daemon = env.start();
     wait_until("the admin endpoint", || {
