@@ -450,6 +450,10 @@ pub fn status_doc(input: &StatusInput, now: Timestamp) -> Json {
                 };
                 ("waiting", Some(why))
             };
+            // a suspended spec's planned run is recorded `skipped`: not "next"
+            if state == "suspended" {
+                next = None;
+            }
             let next_local = next.map(|n| local_time(n.scheduled_at, &tz, now));
             let next_jitter = next.and_then(|n| {
                 let j = n.due_at.duration_since(n.scheduled_at);
