@@ -24,11 +24,16 @@
 //! - [`callback`]: the notification listener and its token validation.
 //! - [`cli`]: the `check`, `render`, `plan` and `schema` commands.
 //! - [`daemon`]: `calld run`: wires everything together around [`reconcile`].
-//! - [`status`]: `calld status` and `calld history`, reading the ledger.
+//! - [`status`]: `calld status` and `calld history`, reading the ledger
+//!   (or a daemon's admin endpoint).
+//! - [`diff`]: `calld diff`: what a proposed calls directory would do.
+//! - [`trigger`]: `calld trigger` / `calld retry`: runs placed on request.
+//! - [`auth_check`]: `calld auth check`: the token's roles against the specs.
 //!
 //! Operating it:
 //! - [`systemd`]: `sd_notify` readiness, status, watchdog and reload messages.
-//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/v1/specs`, `/v1/runs`.
+//! - [`admin`]: `/` (the [`dashboard`]), `/healthz`, `/readyz`, `/metrics`,
+//!   `/v1/specs`, `/v1/status`, `/v1/runs`, `POST /v1/trigger`, `POST /v1/retry`.
 //! - [`metrics`]: the typed Prometheus registry.
 //! - [`logging`]: text, JSON and journald logs, level reloadable at run time.
 
