@@ -22,6 +22,8 @@ use crate::schedule::{Schedule, Trigger, cron::CronExpr};
 
 /// At most this many specs get a lane in the timeline and a recent-runs block.
 pub const MAX_SPECS: usize = 60;
+/// At most this many rows in the status table (those that need attention first).
+pub const MAX_TABLE_ROWS: usize = 500;
 /// Runs per spec in the recent-runs block.
 pub const RECENT_RUNS: usize = 5;
 /// At most this many runs per spec in the 24-hour timeline.
@@ -245,6 +247,20 @@ pub fn render(doc: &Json, report: &Json, recent: &[(String, Vec<Json>)], now: Ti
     .ok();
 
     // the status table
+    // those that need attention first: held, removed, a last run that did
+    // not complete; then by name
+    let attention = |s: &Json| -> u8 {
+        match s["state"].as_str() {
+            Some("held") => 0,
+            Some("removed") => 1,
+            _ if !s["lastRun"].is_null() && s["lastRun"]["outcome"] != "completed" => 2,
+            _ => 3,
+        }
+    };
+    let mut specs = specs;
+    specs.sort_by_key(|s| attention(s));
+    let more = specs.len().saturating_sub(MAX_TABLE_ROWS);
+    specs.truncate(MAX_TABLE_ROWS);
     h.push_str("<h2>Specs</h2><table id=\"status\"><thead><tr><th>spec</th><th>state</th><th>schedule</th><th>next</th><th>last</th><th>last success</th><th>reason</th></tr></thead><tbody>");
     for s in &specs {
         let next = match (&s["nextRun"], s["nextLocal"].as_str()) {
@@ -281,6 +297,9 @@ pub fn render(doc: &Json, report: &Json, recent: &[(String, Vec<Json>)], now: Ti
         .ok();
     }
     h.push_str("</tbody></table>");
+    if more > 0 {
+        write!(h, "<p class=\"meta\">{more} more spec(s) not listed: <a href=\"/v1/status\">/v1/status</a> has them all.</p>").ok();
+    }
     let invalid = doc["invalidFiles"].as_array().map(Vec::len).unwrap_or(0);
     if invalid > 0 {
         write!(h, "<p class=\"meta\">{invalid} invalid file(s): <code>calld check</code> names each problem.</p>").ok();

@@ -373,6 +373,7 @@ pub fn status_doc(input: &StatusInput, now: Timestamp) -> Json {
         }
     }
 
+    let mut zones: std::collections::HashMap<String, TimeZone> = std::collections::HashMap::new();
     let specs: Vec<Json> = rows
         .iter()
         .map(|(name, acc)| {
@@ -385,7 +386,12 @@ pub fn status_doc(input: &StatusInput, now: Timestamp) -> Json {
                 .and_then(|e| e["timezone"].as_str())
                 .unwrap_or("UTC")
                 .to_string();
-            let tz = crate::schedule::parse_timezone(&tz_name).unwrap_or(TimeZone::UTC);
+            let tz = zones
+                .entry(tz_name.clone())
+                .or_insert_with(|| {
+                    crate::schedule::parse_timezone(&tz_name).unwrap_or(TimeZone::UTC)
+                })
+                .clone();
             let is_held = held.contains(name);
             // A held spec's planned run that is already due is not "next":
             // it waits for the spec to be valid again (then its deadline decides).
