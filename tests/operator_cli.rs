@@ -55,7 +55,8 @@ fn man_writes_a_page_per_command() {
     assert!(out.status.success(), "{out:?}");
     let main = std::fs::read_to_string(dir.path().join("calld.1")).unwrap();
     for cmd in [
-        "run", "status", "history", "check", "render", "plan", "auth", "man",
+        "run", "status", "history", "diff", "trigger", "retry", "check", "render", "plan", "auth",
+        "man",
     ] {
         let page = dir.path().join(format!("calld-{cmd}.1"));
         assert!(page.exists(), "{}", page.display());
