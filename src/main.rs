@@ -124,6 +124,12 @@ enum Command {
         /// An id for this request: the same id never places two runs (default: a fresh one)
         #[arg(long)]
         request_id: Option<String>,
+        /// Wait for the run's outcome and print it; exit 0 only if it completed
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: how long to wait (default 5m)
+        #[arg(long, requires = "wait")]
+        timeout: Option<String>,
         #[arg(long, help = CONFIG_HELP)]
         config: Option<PathBuf>,
         /// The daemon's admin endpoint (default: the configuration's admin.listen)
@@ -140,6 +146,12 @@ enum Command {
         /// Also retry a run that ended `unknown` (its call may have rung already)
         #[arg(long)]
         force: bool,
+        /// Wait for the new run's outcome and print it; exit 0 only if it completed
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: how long to wait (default 5m)
+        #[arg(long, requires = "wait")]
+        timeout: Option<String>,
         #[arg(long, help = CONFIG_HELP)]
         config: Option<PathBuf>,
         /// The daemon's admin endpoint (default: the configuration's admin.listen)
@@ -275,6 +287,19 @@ fn man(command: Option<&str>, dir: Option<&std::path::Path>) -> u8 {
     }
 }
 
+/// `--wait [--timeout D]`.
+fn parse_wait(wait: bool, timeout: Option<&str>) -> Result<Option<std::time::Duration>, u8> {
+    if !wait {
+        return Ok(None);
+    }
+    calld::duration::parse_duration(timeout.unwrap_or("5m"))
+        .map(Some)
+        .map_err(|e| {
+            eprintln!("calld: --timeout: {e}");
+            2
+        })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
@@ -332,29 +357,41 @@ fn main() -> ExitCode {
         Command::Trigger {
             name,
             request_id,
+            wait,
+            timeout,
             config,
             admin,
             format,
-        } => calld::trigger::trigger_cmd(
-            &name,
-            request_id.as_deref(),
-            config.as_deref(),
-            admin.as_deref(),
-            matches!(format, OutFormat::Json),
-        ),
+        } => match parse_wait(wait, timeout.as_deref()) {
+            Ok(wait) => calld::trigger::trigger_cmd(
+                &name,
+                request_id.as_deref(),
+                config.as_deref(),
+                admin.as_deref(),
+                matches!(format, OutFormat::Json),
+                wait,
+            ),
+            Err(code) => code,
+        },
         Command::Retry {
             run,
             force,
+            wait,
+            timeout,
             config,
             admin,
             format,
-        } => calld::trigger::retry_cmd(
-            &run,
-            force,
-            config.as_deref(),
-            admin.as_deref(),
-            matches!(format, OutFormat::Json),
-        ),
+        } => match parse_wait(wait, timeout.as_deref()) {
+            Ok(wait) => calld::trigger::retry_cmd(
+                &run,
+                force,
+                config.as_deref(),
+                admin.as_deref(),
+                matches!(format, OutFormat::Json),
+                wait,
+            ),
+            Err(code) => code,
+        },
         Command::Diff {
             path,
             config,

@@ -218,7 +218,12 @@ fn post(url: &str, body: &Json) -> Result<(u16, Json), String> {
 
 /// Prints the answer; the exit code: 0 placed, 1 refused (unknown spec or
 /// run, invalid, suspended, not retryable), 2 usage or connection error.
-fn finish(cmd: &str, result: Result<(u16, Json), String>, json_out: bool) -> u8 {
+fn finish(
+    cmd: &str,
+    result: Result<(u16, Json), String>,
+    json_out: bool,
+    wait: Option<(&str, std::time::Duration)>,
+) -> u8 {
     let (status, doc) = match result {
         Ok(x) => x,
         Err(e) => {
@@ -252,7 +257,48 @@ fn finish(cmd: &str, result: Result<(u16, Json), String>, json_out: bool) -> u8 
             doc["spec"].as_str().unwrap_or("?"),
         );
     }
-    0
+    drop(out);
+    match wait {
+        None => 0,
+        Some((base, timeout)) => wait_for(
+            cmd,
+            base,
+            doc["spec"].as_str().unwrap_or(""),
+            doc["run"]["id"].as_str().unwrap_or(""),
+            timeout,
+        ),
+    }
+}
+
+/// `--wait`: polls `/v1/runs` until the run is finished; exit 0 when it
+/// completed, 1 for any other outcome or the timeout.
+fn wait_for(cmd: &str, base: &str, spec: &str, id: &str, timeout: std::time::Duration) -> u8 {
+    let url = format!(
+        "{base}/v1/runs?spec={}&limit=1000",
+        percent_encoding::utf8_percent_encode(spec, percent_encoding::NON_ALPHANUMERIC)
+    );
+    let until = std::time::Instant::now() + timeout;
+    loop {
+        if let Ok((200, body)) = crate::status::fetch(&url)
+            && let Ok(doc) = serde_json::from_str::<Json>(&body)
+            && let Some(run) = doc["runs"]
+                .as_array()
+                .and_then(|rs| rs.iter().find(|r| r["id"].as_str() == Some(id)))
+            && run["state"] == "finished"
+        {
+            let outcome = run["outcome"].as_str().unwrap_or("?");
+            println!(
+                "{spec}\t{id}\t{outcome}\t{}",
+                run["reason"].as_str().unwrap_or("")
+            );
+            return u8::from(outcome != "completed");
+        }
+        if std::time::Instant::now() >= until {
+            eprintln!("calld {cmd}: --wait: run {id} has no outcome yet after {timeout:?}");
+            return 1;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
 }
 
 /// `calld trigger NAME [--request-id ID]`.
@@ -262,6 +308,7 @@ pub fn trigger_cmd(
     config: Option<&Path>,
     admin: Option<&str>,
     json_out: bool,
+    wait: Option<std::time::Duration>,
 ) -> u8 {
     let request_id = request_id
         .map(str::to_string)
@@ -270,15 +317,20 @@ pub fn trigger_cmd(
         eprintln!("calld trigger: --request-id: 1 to 100 of A-Z a-z 0-9 . _ -");
         return 2;
     }
-    let url = match admin_url(config, admin) {
-        Ok(u) => format!("{u}/v1/trigger"),
+    let base = match admin_url(config, admin) {
+        Ok(u) => u,
         Err(e) => {
             eprintln!("calld trigger: {e}");
             return 2;
         }
     };
     let body = json!({ "spec": name, "requestId": request_id });
-    finish("trigger", post(&url, &body), json_out)
+    finish(
+        "trigger",
+        post(&format!("{base}/v1/trigger"), &body),
+        json_out,
+        wait.map(|w| (base.as_str(), w)),
+    )
 }
 
 /// `calld retry RUN [--force]`.
@@ -288,16 +340,22 @@ pub fn retry_cmd(
     config: Option<&Path>,
     admin: Option<&str>,
     json_out: bool,
+    wait: Option<std::time::Duration>,
 ) -> u8 {
-    let url = match admin_url(config, admin) {
-        Ok(u) => format!("{u}/v1/retry"),
+    let base = match admin_url(config, admin) {
+        Ok(u) => u,
         Err(e) => {
             eprintln!("calld retry: {e}");
             return 2;
         }
     };
     let body = json!({ "run": run, "force": force });
-    finish("retry", post(&url, &body), json_out)
+    finish(
+        "retry",
+        post(&format!("{base}/v1/retry"), &body),
+        json_out,
+        wait.map(|w| (base.as_str(), w)),
+    )
 }
 
 #[cfg(test)]

@@ -110,10 +110,15 @@ fn trigger_places_one_run_per_request_and_retry_places_a_failed_one_again() {
     let again: Json = serde_json::from_str(&out).unwrap();
     assert_eq!(again["created"], false);
     assert_eq!(again["run"]["id"], run_id.as_str());
-    // a new request: a new run
-    let (code, out, err) = calld(&env, &["trigger", "yearly"]);
+    // a new request: a new run; --wait prints its outcome line
+    let (code, out, err) = calld(&env, &["trigger", "yearly", "--wait", "--timeout", "80s"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("placed now"), "{out}");
+    let outcome = out.lines().last().unwrap();
+    assert!(
+        outcome.starts_with("yearly\t") && outcome.contains("\tcompleted"),
+        "{out}"
+    );
     wait_until("the second trigger completed", || {
         let runs = triggered(&env, "yearly");
         (runs.len() == 2 && runs.iter().all(|r| r["outcome"] == "completed")).then_some(())
@@ -151,6 +156,11 @@ fn trigger_places_one_run_per_request_and_retry_places_a_failed_one_again() {
         let runs = triggered(&env, "decliner");
         (runs.first()?["outcome"] == "notEstablished").then_some(())
     });
+    // --wait on a run that does not complete: exit 1 (the previous call
+    // is over: concurrency forbid would skip it otherwise)
+    let (code, out, err) = calld(&env, &["trigger", "decliner", "--wait", "--timeout", "80s"]);
+    assert_eq!(code, 1, "notEstablished: {out}{err}");
+    assert!(out.contains("\tnotEstablished"), "{out}");
     let (code, out, err) = calld(&env, &["retry", &declined_id, "--format", "json"]);
     assert_eq!(code, 0, "{out}{err}");
     let retried: Json = serde_json::from_str(&out).unwrap();
@@ -161,7 +171,7 @@ fn trigger_places_one_run_per_request_and_retry_places_a_failed_one_again() {
     assert_eq!(twice["run"]["id"], retry_id.as_str(), "retried once");
     wait_until("the retry ran", || {
         let runs = triggered(&env, "decliner");
-        (runs.len() == 2 && runs.iter().all(|r| r["outcome"] == "notEstablished")).then_some(())
+        (runs.len() == 3 && runs.iter().all(|r| r["outcome"] == "notEstablished")).then_some(())
     });
     assert_eq!(emu.creates_for(&retry_id).len(), 1);
     assert_eq!(emu.creates_for(&declined_id).len(), 1);
