@@ -2,10 +2,14 @@
 //!
 //! | path | answers |
 //! |---|---|
+//! | `GET /` | the dashboard ([`crate::dashboard`]): HTML, read-only |
 //! | `GET /healthz` | 200 `ok` while the process serves HTTP |
 //! | `GET /readyz` | 503 `not ready` until [`AdminState::set_ready`], then 200 `ready` |
 //! | `GET /metrics` | Prometheus text 0.0.4; OpenMetrics 1.0 when the `Accept` header asks for it |
 //! | `GET /v1/specs` | JSON from the daemon's specs provider |
+//! | `POST /v1/trigger` | `{"spec", "requestId"}`: one run of the spec now ([`crate::trigger`]); 404 unknown spec, 409 invalid or suspended |
+//! | `POST /v1/retry` | `{"run", "force"?}`: a finished run's call again; 404 unknown run, 409 not retryable |
+//! | `GET /v1/status` | the `calld status --format json` document (what `calld status --admin URL` prints) |
 //! | `GET /v1/runs?spec=NAME&limit=N` | JSON from the daemon's runs provider; 400 without `spec` or with a bad `limit`, 404 for an unknown spec |
 //!
 //! Errors are JSON: `{"error": "..."}`. The providers run on the blocking
@@ -31,6 +35,13 @@ pub type SpecsProvider = Arc<dyn Fn() -> Value + Send + Sync>;
 /// `None` when no such spec is known (404).
 pub type RunsProvider = Arc<dyn Fn(&str, usize) -> Option<Value> + Send + Sync>;
 
+/// `GET /v1/status`: the status document ([`crate::status::status_doc`]).
+pub type StatusProvider = Arc<dyn Fn() -> Result<Value, String> + Send + Sync>;
+
+/// `POST /v1/trigger` and `/v1/retry`: (path, JSON body) → JSON, or
+/// (HTTP status, message).
+pub type ActionProvider = Arc<dyn Fn(&str, Value) -> Result<Value, (u16, String)> + Send + Sync>;
+
 /// Default and largest `limit` of `/v1/runs`.
 pub const DEFAULT_RUNS_LIMIT: usize = 20;
 pub const MAX_RUNS_LIMIT: usize = 1000;
@@ -44,6 +55,13 @@ pub struct AdminState {
     pub metrics: Metrics,
     pub specs: SpecsProvider,
     pub runs: RunsProvider,
+    pub status: StatusProvider,
+    /// Run before each `/metrics` answer (on the blocking pool): refreshes
+    /// the per-spec series from the ledger.
+    pub refresh: Arc<dyn Fn() + Send + Sync>,
+    pub actions: ActionProvider,
+    /// `GET /`: the dashboard's HTML.
+    pub dashboard: Arc<dyn Fn() -> Result<String, String> + Send + Sync>,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -63,6 +81,10 @@ impl AdminState {
             metrics,
             specs: Arc::new(|| json!([])),
             runs: Arc::new(|_, _| None),
+            status: Arc::new(|| Err("no status provider".into())),
+            refresh: Arc::new(|| {}),
+            actions: Arc::new(|_, _| Err((503, "not served here".into()))),
+            dashboard: Arc::new(|| Err("no dashboard here".into())),
         }
     }
 
@@ -79,6 +101,35 @@ impl AdminState {
         self
     }
 
+    pub fn with_status(
+        mut self,
+        f: impl Fn() -> Result<Value, String> + Send + Sync + 'static,
+    ) -> Self {
+        self.status = Arc::new(f);
+        self
+    }
+
+    pub fn with_actions(
+        mut self,
+        f: impl Fn(&str, Value) -> Result<Value, (u16, String)> + Send + Sync + 'static,
+    ) -> Self {
+        self.actions = Arc::new(f);
+        self
+    }
+
+    pub fn with_dashboard(
+        mut self,
+        f: impl Fn() -> Result<String, String> + Send + Sync + 'static,
+    ) -> Self {
+        self.dashboard = Arc::new(f);
+        self
+    }
+
+    pub fn with_refresh(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
+        self.refresh = Arc::new(f);
+        self
+    }
+
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::SeqCst);
     }
@@ -91,11 +142,15 @@ impl AdminState {
 /// The admin routes.
 pub fn router(state: AdminState) -> Router {
     Router::new()
+        .route("/", get(dashboard))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/specs", get(specs))
         .route("/v1/runs", get(runs))
+        .route("/v1/status", get(status))
+        .route("/v1/trigger", axum::routing::post(trigger))
+        .route("/v1/retry", axum::routing::post(retry))
         .fallback(not_found)
         .with_state(state)
 }
@@ -146,6 +201,8 @@ fn wants_openmetrics(headers: &HeaderMap) -> bool {
 }
 
 async fn metrics(State(state): State<AdminState>, headers: HeaderMap) -> Response {
+    let refresh = state.refresh.clone();
+    let _ = tokio::task::spawn_blocking(move || refresh()).await;
     let (content_type, body) = if wants_openmetrics(&headers) {
         (CONTENT_TYPE_OPENMETRICS, state.metrics.encode_openmetrics())
     } else {
@@ -208,10 +265,75 @@ async fn runs(
     }
 }
 
+async fn status(State(state): State<AdminState>) -> Response {
+    let provider = state.status.clone();
+    match tokio::task::spawn_blocking(move || provider()).await {
+        Ok(Ok(value)) => axum::Json(value).into_response(),
+        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the status provider failed",
+        ),
+    }
+}
+
+async fn action(
+    state: AdminState,
+    path: &'static str,
+    body: Result<axum::Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Ok(axum::Json(body)) = body else {
+        return error(StatusCode::BAD_REQUEST, "the body must be a JSON object");
+    };
+    let provider = state.actions.clone();
+    match tokio::task::spawn_blocking(move || provider(path, body)).await {
+        Ok(Ok(value)) => axum::Json(value).into_response(),
+        Ok(Err((status, message))) => error(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            message,
+        ),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "the action failed"),
+    }
+}
+
+async fn trigger(
+    State(state): State<AdminState>,
+    body: Result<axum::Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    action(state, "trigger", body).await
+}
+
+async fn retry(
+    State(state): State<AdminState>,
+    body: Result<axum::Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    action(state, "retry", body).await
+}
+
+async fn dashboard(State(state): State<AdminState>) -> Response {
+    let provider = state.dashboard.clone();
+    match tokio::task::spawn_blocking(move || provider()).await {
+        Ok(Ok(html)) => (
+            [
+                (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                // no script, no outside asset: say so to the browser too
+                (
+                    header::CONTENT_SECURITY_POLICY,
+                    "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'",
+                ),
+            ],
+            html,
+        )
+            .into_response(),
+        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "the dashboard failed"),
+    }
+}
+
 async fn not_found() -> Response {
     error(
         StatusCode::NOT_FOUND,
-        "not found: /healthz, /readyz, /metrics, /v1/specs, /v1/runs?spec=NAME",
+        "not found: /, /healthz, /readyz, /metrics, /v1/specs, /v1/status, /v1/runs?spec=NAME",
     )
 }
 

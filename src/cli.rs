@@ -1,4 +1,6 @@
-//! The `check`, `render`, `plan`, `schema` and `emulator` commands.
+//! The `check`, `render`, `plan`, `schema` and `emulator` commands
+//! (`status`/`history` are in [`crate::status`], `auth check` in
+//! [`crate::auth_check`]).
 //! Each returns the process exit code: 0 success, 1 a problem found, 2 usage
 //! or environment error.
 
@@ -208,11 +210,21 @@ pub fn check(paths: &[PathBuf], config: Option<&Path>, format: Format) -> u8 {
     u8::from(set.error_count() > 0)
 }
 
-pub fn render(path: &Path, name: Option<&str>, api: Option<&str>, config: Option<&Path>) -> u8 {
+/// `calld render [PATH]` (default: the calls directory).
+pub fn render(
+    path: Option<&Path>,
+    name: Option<&str>,
+    api: Option<&str>,
+    config: Option<&Path>,
+) -> u8 {
     let config = match load_config(config) {
         Ok(c) => c,
         Err(code) => return code,
     };
+    let path = path
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| config.calls_dir());
+    let path = path.as_path();
     let api: ApiVersion = match api.map(str::parse).transpose() {
         Ok(a) => a.unwrap_or(config.graph.api_version),
         Err(e) => {

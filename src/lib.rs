@@ -24,20 +24,28 @@
 //! - [`callback`]: the notification listener and its token validation.
 //! - [`cli`]: the `check`, `render`, `plan` and `schema` commands.
 //! - [`daemon`]: `calld run`: wires everything together around [`reconcile`].
-//! - [`status`]: `calld status` and `calld history`, reading the ledger.
+//! - [`status`]: `calld status` and `calld history`, reading the ledger
+//!   (or a daemon's admin endpoint).
+//! - [`diff`]: `calld diff`: what a proposed calls directory would do.
+//! - [`trigger`]: `calld trigger` / `calld retry`: runs placed on request.
+//! - [`auth_check`]: `calld auth check`: the token's roles against the specs.
 //!
 //! Operating it:
 //! - [`systemd`]: `sd_notify` readiness, status, watchdog and reload messages.
-//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/v1/specs`, `/v1/runs`.
+//! - [`admin`]: `/` (the [`dashboard`]), `/healthz`, `/readyz`, `/metrics`,
+//!   `/v1/specs`, `/v1/status`, `/v1/runs`, `POST /v1/trigger`, `POST /v1/retry`.
 //! - [`metrics`]: the typed Prometheus registry.
 //! - [`logging`]: text, JSON and journald logs, level reloadable at run time.
 
 pub mod admin;
+pub mod auth_check;
 pub mod callback;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod dashboard;
+pub mod diff;
 pub mod duration;
 pub mod emulator;
 pub mod graph;
@@ -51,6 +59,7 @@ pub mod source;
 pub mod spec;
 pub mod status;
 pub mod systemd;
+pub mod trigger;
 
 /// The git commit calld was built from (`git rev-parse --short HEAD`, or
 /// `$CALLD_GIT_COMMIT` at build time, else "unknown").

@@ -13,9 +13,18 @@
 //! | `calld_next_run_lag_seconds` | gauge | how late the last placement was vs its due time |
 //! | `calld_calls_up` | gauge | calls currently established |
 //! | `calld_build_info` | gauge (always 1) | `version`, `commit` |
+//! | `calld_spec_last_success_timestamp_seconds` | gauge | `spec`: scheduled time of its latest `completed` run (0: never) |
+//! | `calld_spec_last_run_timestamp_seconds` | gauge | `spec`: scheduled time of its latest finished run, `canceled` ones aside (0: none) |
+//! | `calld_spec_next_run_timestamp_seconds` | gauge | `spec`: due time of its next planned run (0: none) |
+//! | `calld_spec_last_outcome` | gauge (1) | `spec`, `outcome`: the outcome of that latest finished run |
+//! | `calld_spec_series_omitted` | gauge | specs left out of the per-spec series by the cap |
 //!
 //! Label values come from the daemon's own vocabulary (outcomes, operation
-//! names, HTTP statuses), never from spec content, so cardinality stays small.
+//! names, HTTP statuses), never from spec content, so cardinality stays
+//! small. The exception is the per-spec series (`calld_spec_*`), labelled
+//! with the spec's name: they are refreshed from the ledger at each scrape,
+//! a removed spec's series go away, and at most [`MAX_SPEC_SERIES`] specs
+//! (the first by name) get them; `calld_spec_series_omitted` counts the rest.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -82,7 +91,46 @@ struct BuildLabels {
     commit: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SpecLabels {
+    spec: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SpecOutcomeLabels {
+    spec: String,
+    outcome: String,
+}
+
 type F64Gauge = Gauge<f64, AtomicU64>;
+
+/// At most this many specs get per-spec series (4 each, 5 with the outcome).
+pub const MAX_SPEC_SERIES: usize = 1000;
+
+/// One spec's per-spec series.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpecSeries {
+    pub spec: String,
+    pub last_success: Option<jiff::Timestamp>,
+    /// The latest finished run (not `canceled`): its scheduled time and outcome.
+    pub last_run: Option<(jiff::Timestamp, String)>,
+    pub next_run: Option<jiff::Timestamp>,
+}
+
+/// The per-spec families and what they hold now.
+struct SpecFamilies {
+    last_success: Family<SpecLabels, F64Gauge>,
+    last_run: Family<SpecLabels, F64Gauge>,
+    next_run: Family<SpecLabels, F64Gauge>,
+    last_outcome: Family<SpecOutcomeLabels, Gauge>,
+    omitted: Gauge,
+    /// spec → the outcome label it has now.
+    current: std::sync::Mutex<std::collections::BTreeMap<String, Option<String>>>,
+}
+
+fn secs(t: jiff::Timestamp) -> f64 {
+    t.as_millisecond() as f64 / 1000.0
+}
 
 /// Latency buckets for Graph requests: 10 ms to ~41 s, doubling.
 fn request_histogram() -> Histogram {
@@ -106,6 +154,7 @@ pub struct Metrics {
     watcher_rescans: Counter,
     next_run_lag: F64Gauge,
     calls_up: Gauge,
+    specs: Arc<SpecFamilies>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -165,6 +214,12 @@ impl Metrics {
             token_refreshes.clone(),
         );
 
+        for result in ["ok", "error"] {
+            let _ = token_refreshes.get_or_create(&ResultLabels {
+                result: result.to_string(),
+            });
+        }
+
         let notifications = Family::<ResultLabels, Counter>::default();
         registry.register(
             "notifications",
@@ -202,6 +257,40 @@ impl Metrics {
         let calls_up = Gauge::default();
         registry.register("calls_up", "Calls currently established", calls_up.clone());
 
+        let specs = Arc::new(SpecFamilies {
+            last_success: Family::default(),
+            last_run: Family::default(),
+            next_run: Family::default(),
+            last_outcome: Family::default(),
+            omitted: Gauge::default(),
+            current: std::sync::Mutex::new(std::collections::BTreeMap::new()),
+        });
+        registry.register(
+            "spec_last_success_timestamp_seconds",
+            "Per spec: scheduled time of its latest completed run (0: never)",
+            specs.last_success.clone(),
+        );
+        registry.register(
+            "spec_last_run_timestamp_seconds",
+            "Per spec: scheduled time of its latest finished run (0: none)",
+            specs.last_run.clone(),
+        );
+        registry.register(
+            "spec_next_run_timestamp_seconds",
+            "Per spec: due time of its next planned run (0: none)",
+            specs.next_run.clone(),
+        );
+        registry.register(
+            "spec_last_outcome",
+            "Per spec: 1 for the outcome of its latest finished run",
+            specs.last_outcome.clone(),
+        );
+        registry.register(
+            "spec_series_omitted",
+            "Specs without per-spec series (over the cap of 1000)",
+            specs.omitted.clone(),
+        );
+
         registry.register(
             "build",
             "calld build information",
@@ -222,7 +311,77 @@ impl Metrics {
             watcher_rescans,
             next_run_lag,
             calls_up,
+            specs,
         }
+    }
+
+    /// Replaces the per-spec series with `rows` (one per current spec; at
+    /// most [`MAX_SPEC_SERIES`], the first by name): series of specs not in
+    /// `rows` are removed.
+    pub fn set_spec_series(&self, mut rows: Vec<SpecSeries>) {
+        rows.sort_by(|a, b| a.spec.cmp(&b.spec));
+        let omitted = rows.len().saturating_sub(MAX_SPEC_SERIES);
+        rows.truncate(MAX_SPEC_SERIES);
+        let f = &self.specs;
+        let mut current = f.current.lock().unwrap_or_else(|p| p.into_inner());
+        let keep: std::collections::BTreeSet<&str> = rows.iter().map(|r| r.spec.as_str()).collect();
+        let gone: Vec<String> = current
+            .keys()
+            .filter(|k| !keep.contains(k.as_str()))
+            .cloned()
+            .collect();
+        for spec in gone {
+            let l = SpecLabels { spec: spec.clone() };
+            f.last_success.remove(&l);
+            f.last_run.remove(&l);
+            f.next_run.remove(&l);
+            if let Some(Some(o)) = current.remove(&spec) {
+                f.last_outcome
+                    .remove(&SpecOutcomeLabels { spec, outcome: o });
+            }
+        }
+        for r in rows {
+            let l = SpecLabels {
+                spec: r.spec.clone(),
+            };
+            f.last_success
+                .get_or_create(&l)
+                .set(r.last_success.map_or(0.0, secs));
+            f.next_run
+                .get_or_create(&l)
+                .set(r.next_run.map_or(0.0, secs));
+            let entry = current.entry(r.spec.clone()).or_insert(None);
+            match r.last_run {
+                Some((at, outcome)) => {
+                    f.last_run.get_or_create(&l).set(secs(at));
+                    if entry.as_deref() != Some(outcome.as_str()) {
+                        if let Some(old) = entry.take() {
+                            f.last_outcome.remove(&SpecOutcomeLabels {
+                                spec: r.spec.clone(),
+                                outcome: old,
+                            });
+                        }
+                        f.last_outcome
+                            .get_or_create(&SpecOutcomeLabels {
+                                spec: r.spec.clone(),
+                                outcome: outcome.clone(),
+                            })
+                            .set(1);
+                        *entry = Some(outcome);
+                    }
+                }
+                None => {
+                    f.last_run.get_or_create(&l).set(0.0);
+                    if let Some(old) = entry.take() {
+                        f.last_outcome.remove(&SpecOutcomeLabels {
+                            spec: r.spec.clone(),
+                            outcome: old,
+                        });
+                    }
+                }
+            }
+        }
+        f.omitted.set(i64::try_from(omitted).unwrap_or(i64::MAX));
     }
 
     /// A run reached its final `outcome` (SPEC 4 names: `completed`, ...).
@@ -250,6 +409,23 @@ impl Metrics {
                 operation: operation.to_string(),
             })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Sets `calld_token_refreshes_total` from the token source's own
+    /// counts (`fetches` sent, `failures` of them failed); counts only grow.
+    pub fn set_token_refreshes(&self, fetches: u64, failures: u64) {
+        for (result, n) in [
+            ("ok", fetches.saturating_sub(failures)),
+            ("error", failures),
+        ] {
+            let c = self.token_refreshes.get_or_create(&ResultLabels {
+                result: result.to_string(),
+            });
+            let have = c.get();
+            if n > have {
+                c.inc_by(n - have);
+            }
+        }
     }
 
     /// One access-token request finished (`ok`: a token was obtained).
@@ -334,6 +510,75 @@ mod tests {
         text.lines()
             .filter(|l| !l.starts_with('#'))
             .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn per_spec_series_follow_the_specs() {
+        let m = Metrics::with_build_info("9.9.9", "abc1234");
+        let t = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
+        let row = |spec: &str, outcome: Option<&str>| SpecSeries {
+            spec: spec.into(),
+            last_success: Some(t("2026-12-01T08:00:00Z")),
+            last_run: outcome.map(|o| (t("2026-12-02T08:00:00Z"), o.to_string())),
+            next_run: Some(t("2026-12-03T08:00:00Z")),
+        };
+        m.set_spec_series(vec![row("a", Some("failed")), row("b", None)]);
+        let text = m.encode();
+        assert_eq!(
+            sample(
+                &text,
+                "calld_spec_last_success_timestamp_seconds{spec=\"a\"}"
+            ),
+            Some(t("2026-12-01T08:00:00Z").as_second() as f64),
+            "{text}"
+        );
+        assert_eq!(
+            sample(&text, "calld_spec_last_run_timestamp_seconds{spec=\"a\"}"),
+            Some(t("2026-12-02T08:00:00Z").as_second() as f64)
+        );
+        assert_eq!(
+            sample(&text, "calld_spec_next_run_timestamp_seconds{spec=\"b\"}"),
+            Some(t("2026-12-03T08:00:00Z").as_second() as f64)
+        );
+        assert_eq!(
+            sample(&text, "calld_spec_last_run_timestamp_seconds{spec=\"b\"}"),
+            Some(0.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "calld_spec_last_outcome{spec=\"a\",outcome=\"failed\"}"
+            ),
+            Some(1.0)
+        );
+        // a new outcome replaces the old series; a removed spec's go away
+        m.set_spec_series(vec![row("a", Some("completed"))]);
+        let text = m.encode();
+        assert_eq!(
+            sample(
+                &text,
+                "calld_spec_last_outcome{spec=\"a\",outcome=\"completed\"}"
+            ),
+            Some(1.0)
+        );
+        assert!(
+            !text.contains("calld_spec_last_outcome{spec=\"a\",outcome=\"failed\"}"),
+            "{text}"
+        );
+        assert!(!text.contains("spec=\"b\""), "{text}");
+        // the cap
+        let many: Vec<SpecSeries> = (0..MAX_SPEC_SERIES + 5)
+            .map(|i| row(&format!("s{i:05}"), None))
+            .collect();
+        m.set_spec_series(many);
+        let text = m.encode();
+        assert_eq!(sample(&text, "calld_spec_series_omitted"), Some(5.0));
+        assert_eq!(
+            text.lines()
+                .filter(|l| l.starts_with("calld_spec_next_run_timestamp_seconds{"))
+                .count(),
+            MAX_SPEC_SERIES
+        );
     }
 
     #[test]

@@ -301,7 +301,11 @@ impl Pending {
             due: run.due_at,
             // A run put back by `retry_later` was requested before (and
             // carries the retry's reason).
-            first_try: progress.is_none_or(|p| p.tries == 0) && run.reason.is_none(),
+            // A triggered run is not a slot: "only the most recent slot
+            // after downtime" does not apply to it.
+            first_try: progress.is_none_or(|p| p.tries == 0)
+                && run.reason.is_none()
+                && !matches!(run.slot, Slot::Trigger(_)),
             new: None,
         }
     }
@@ -309,7 +313,7 @@ impl Pending {
     fn slot_time(&self) -> Option<Timestamp> {
         match self.key.slot {
             Slot::At(t) => Some(t),
-            Slot::Revision(_) => None,
+            Slot::Revision(_) | Slot::Trigger(_) => None,
         }
     }
 }
@@ -605,7 +609,11 @@ impl Decider<'_, '_> {
                 let slot = Slot::Revision(spec.revision.clone());
                 let known = pending.iter().any(|p| p.key.slot == slot)
                     || self.open_keys.contains(&(name, &slot))
-                    || input.latest.get(name).is_some_and(|r| r.slot == slot);
+                    // a triggered run of this revision came after its run
+                    || input.latest.get(name).is_some_and(|r| {
+                        r.slot == slot
+                            || (matches!(r.slot, Slot::Trigger(_)) && r.revision == spec.revision)
+                    });
                 // Suspended: nothing new; the run is planned when it resumes.
                 if !known && !spec.suspend {
                     let new = self.new_run(spec, slot, now);
@@ -912,6 +920,8 @@ impl Decider<'_, '_> {
 /// Why a scheduled run's slot is no longer planned by the spec, if it is not.
 fn stale(spec: &Spec, slot: &Slot) -> Option<&'static str> {
     match (&spec.schedule, slot) {
+        // placed on request, whatever the schedule says
+        (_, Slot::Trigger(_)) => None,
         (None, Slot::Revision(r)) if *r == spec.revision => None,
         (None, Slot::Revision(_)) => Some("the spec changed before its run was placed"),
         (None, Slot::At(_)) => Some("the spec no longer has a schedule"),
@@ -936,5 +946,6 @@ fn describe_slot(slot: &Slot) -> String {
     match slot {
         Slot::At(t) => t.to_string(),
         Slot::Revision(r) => format!("revision {}", r.get(..12).unwrap_or(r)),
+        Slot::Trigger(r) => format!("trigger {r}"),
     }
 }

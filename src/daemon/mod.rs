@@ -13,6 +13,7 @@
 //! before its create request leaves; the ledger refuses to mark a run twice,
 //! and a run left `requesting` by a crash becomes `unknown`, never re-sent.
 
+mod logs;
 mod setup;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -59,6 +60,9 @@ pub async fn with_ledger<T: Send + 'static>(
 pub(crate) enum Event {
     /// A create request finished (its result is already in the ledger).
     Placed { run: String, outcome: &'static str },
+    /// A run was requested through the admin endpoint (`calld trigger`,
+    /// `calld retry`): it is in the ledger, due now.
+    Triggered { run: String },
     /// A hang-up or keepAlive finished.
     CallOp {
         run: String,
@@ -104,6 +108,8 @@ pub(crate) struct Controller {
     /// Due times of the open runs of the last decision (for the lag metric).
     due: HashMap<String, Timestamp>,
     last_status: String,
+    /// Findings already logged, so each is logged once per file revision.
+    load_log: logs::LoadLog,
     /// A due run was left `scheduled` by the last decision because
     /// `graph.maxConcurrentRequests` requests were in flight; the next
     /// finished request triggers the decision that places it.
@@ -130,6 +136,7 @@ impl Controller {
             watched: BTreeSet::new(),
             due: HashMap::new(),
             last_status: String::new(),
+            load_log: logs::LoadLog::default(),
             deferred: false,
         }
     }
@@ -158,22 +165,7 @@ impl Controller {
                 format!("cannot read the calls directory: {e}"),
             ));
         }
-        for d in set.diagnostics.iter() {
-            match d.severity {
-                crate::spec::Severity::Error => {
-                    tracing::warn!(file = %d.file, line = d.line, column = d.column, spec = d.spec.as_deref().unwrap_or(""), "invalid spec: {d}")
-                }
-                crate::spec::Severity::Warning => {
-                    tracing::info!(file = %d.file, spec = d.spec.as_deref().unwrap_or(""), "spec warning: {d}")
-                }
-            }
-        }
-        tracing::info!(
-            files = set.file_count,
-            specs = set.specs.len(),
-            invalid_files = set.invalid_files.len(),
-            "calls directory loaded"
-        );
+        self.load_log.log(&self.specs, &set, snap);
         self.rt.metrics.watcher_rescan();
         self.rt.metrics.set_spec_files(
             (set.file_count - set.invalid_files.len()) as u64,
@@ -488,6 +480,9 @@ impl Controller {
                 tracing::debug!(run = %run, result = outcome, "create request finished");
                 self.in_flight.remove(&run);
             }
+            Event::Triggered { run } => {
+                tracing::debug!(run = %run, "run requested through the admin endpoint");
+            }
             Event::CallOp { run, op, gone } => {
                 self.ops_in_flight.remove(&(run.clone(), op));
                 if gone && op == "keepAlive" {
@@ -553,7 +548,12 @@ impl Controller {
                         match res {
                             Ok(Some(n)) => {
                                 self.rt.metrics.notification("recorded");
-                                tracing::debug!(run = %n.run.id, spec = %n.run.spec, state = %notice.update.state, change = ?n.change, "notification")
+                                if n.change == ledger::StateChange::Recorded {
+                                    tracing::debug!(run = %n.run.id, spec = %n.run.spec, state = %notice.update.state, change = ?n.change, "notification")
+                                } else {
+                                    // one line per state change of a call (answered: established)
+                                    tracing::info!(run = %n.run.id, spec = %n.run.spec, call_id = n.run.call_id.as_deref().unwrap_or(""), state = %n.run.state, call_state = %notice.update.state, "call state changed")
+                                }
                             }
                             Ok(None) => {
                                 self.rt.metrics.notification("unmatched");
@@ -786,17 +786,7 @@ pub fn specs_report(set: &SpecSet) -> serde_json::Value {
     let specs: Vec<_> = set
         .specs
         .values()
-        .map(|s| {
-            json!({
-                "name": s.name,
-                "file": s.file,
-                "line": s.line,
-                "revision": s.revision,
-                "suspended": s.suspend,
-                "scheduled": s.schedule.is_some(),
-                "permissions": s.permissions,
-            })
-        })
+        .map(crate::status::spec_report_entry)
         .collect();
     json!({
         "updatedAt": crate::clock::now().to_string(),

@@ -316,7 +316,13 @@ async fn run_async(
     let metrics = crate::metrics::Metrics::new();
     let notifier = crate::systemd::Notifier::from_env();
     let specs_json = Arc::new(Mutex::new(serde_json::Value::Null));
-    let admin_state = admin_state(&metrics, &specs_json, &ledger);
+    let admin_state = admin_state(
+        &metrics,
+        &specs_json,
+        &ledger,
+        client.tokens().clone(),
+        events_tx.clone(),
+    );
     let admin_task = start_admin(&config.admin.listen, admin_state.clone(), shutdown()).await;
     let sandbox = sandbox_callback.is_some();
     let rt = Runtime {
@@ -504,11 +510,88 @@ fn admin_state(
     metrics: &crate::metrics::Metrics,
     specs: &Arc<Mutex<serde_json::Value>>,
     ledger: &super::SharedLedger,
+    tokens: Arc<crate::graph::TokenSource>,
+    events: mpsc::Sender<Event>,
 ) -> crate::admin::AdminState {
     let specs = specs.clone();
     let ledger = ledger.clone();
+    let (specs2, ledger2) = (specs.clone(), ledger.clone());
+    let (specs3, ledger3, metrics3) = (specs.clone(), ledger.clone(), metrics.clone());
+    let (specs4, ledger4) = (specs.clone(), ledger.clone());
+    let (specs5, ledger5) = (specs.clone(), ledger.clone());
     crate::admin::AdminState::new(metrics.clone())
         .with_specs(move || specs.lock().unwrap_or_else(|p| p.into_inner()).clone())
+        .with_status(move || {
+            let report = specs2.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let l = ledger2.lock().unwrap_or_else(|p| p.into_inner());
+            let input =
+                crate::status::StatusInput::from_ledger(&l, report).map_err(|e| e.to_string())?;
+            Ok(crate::status::status_doc(&input, crate::clock::now()))
+        })
+        .with_actions(move |path, body| {
+            let report = specs4.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let now = crate::clock::now();
+            let doc = {
+                let mut l = ledger4.lock().unwrap_or_else(|p| p.into_inner());
+                let result = match path {
+                    "trigger" => crate::trigger::trigger(
+                        &mut l,
+                        &report,
+                        body["spec"].as_str().unwrap_or(""),
+                        body["requestId"].as_str().unwrap_or(""),
+                        now,
+                    ),
+                    _ => crate::trigger::retry(
+                        &mut l,
+                        &report,
+                        body["run"].as_str().unwrap_or(""),
+                        body["force"] == true,
+                        now,
+                    ),
+                };
+                result.map_err(|r| (r.status, r.message))?
+            };
+            let run = doc["run"]["id"].as_str().unwrap_or("").to_string();
+            tracing::info!(run = %run, spec = doc["spec"].as_str().unwrap_or(""), request_id = doc["requestId"].as_str().unwrap_or(""), created = doc["created"] == true, "run requested ({path})");
+            // wake the controller: the run is due now
+            let _ = events.try_send(Event::Triggered { run });
+            Ok(doc)
+        })
+        .with_dashboard(move || {
+            let report = specs5.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let now = crate::clock::now();
+            let l = ledger5.lock().unwrap_or_else(|p| p.into_inner());
+            let input = crate::status::StatusInput::from_ledger(&l, report.clone())
+                .map_err(|e| e.to_string())?;
+            let doc = crate::status::status_doc(&input, now);
+            let mut recent = Vec::new();
+            for s in doc["specs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .take(crate::dashboard::MAX_SPECS)
+            {
+                let name = s["name"].as_str().unwrap_or("").to_string();
+                let runs = l
+                    .history(&name, crate::dashboard::RECENT_RUNS)
+                    .map_err(|e| e.to_string())?
+                    .iter()
+                    .map(|r| serde_json::to_value(r).unwrap_or_default())
+                    .collect();
+                recent.push((name, runs));
+            }
+            Ok(crate::dashboard::render(&doc, &report, &recent, now))
+        })
+        .with_refresh(move || {
+            metrics3.set_token_refreshes(tokens.fetch_count(), tokens.fetch_failure_count());
+            let report = specs3.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let l = ledger3.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) =
+                crate::status::refresh_spec_metrics(&metrics3, &l, &report, crate::clock::now())
+            {
+                tracing::warn!(error = %e, "cannot refresh the per-spec metrics");
+            }
+        })
         .with_runs(move |spec, limit| {
             let l = ledger.lock().unwrap_or_else(|p| p.into_inner());
             let records = l.history(spec, limit).ok()?;

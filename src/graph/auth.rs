@@ -417,6 +417,8 @@ pub struct TokenSource {
     refresh: tokio::sync::Mutex<()>,
     /// Token requests sent (metrics, tests).
     fetches: AtomicU64,
+    /// Token requests that failed (for `calld_token_refreshes_total`).
+    fetch_failures: AtomicU64,
 }
 
 impl fmt::Debug for TokenSource {
@@ -442,6 +444,7 @@ impl TokenSource {
             cache: RwLock::new(None),
             refresh: tokio::sync::Mutex::new(()),
             fetches: AtomicU64::new(0),
+            fetch_failures: AtomicU64::new(0),
         }
     }
 
@@ -452,6 +455,11 @@ impl TokenSource {
     /// Token requests sent so far.
     pub fn fetch_count(&self) -> u64 {
         self.fetches.load(Ordering::Relaxed)
+    }
+
+    /// Token requests that failed so far (of [`fetch_count`](Self::fetch_count)).
+    pub fn fetch_failure_count(&self) -> u64 {
+        self.fetch_failures.load(Ordering::Relaxed)
     }
 
     fn cached(&self) -> Option<Arc<AccessToken>> {
@@ -481,13 +489,16 @@ impl TokenSource {
                 *self.cache.write().unwrap_or_else(|p| p.into_inner()) = Some(t.clone());
                 Ok(t)
             }
-            Err(e) => match current {
-                Some(old) if (self.clock)() < old.expires_at => {
-                    tracing::warn!(error = %e, "token refresh failed; the current token is still valid");
-                    Ok(old)
+            Err(e) => {
+                self.fetch_failures.fetch_add(1, Ordering::Relaxed);
+                match current {
+                    Some(old) if (self.clock)() < old.expires_at => {
+                        tracing::warn!(error = %e, "token refresh failed; the current token is still valid");
+                        Ok(old)
+                    }
+                    _ => Err(e),
                 }
-                _ => Err(e),
-            },
+            }
         }
     }
 

@@ -264,6 +264,10 @@ pub enum Slot {
     At(Timestamp),
     /// The revision hash of an unscheduled spec.
     Revision(String),
+    /// A run placed on request (`calld trigger`, `calld retry`), outside
+    /// the schedule: the request's id, so the same request never places
+    /// two runs.
+    Trigger(String),
 }
 
 impl Slot {
@@ -272,14 +276,16 @@ impl Slot {
         match self {
             Slot::At(t) => Slot::At(truncate_micros(*t)),
             Slot::Revision(r) => Slot::Revision(r.clone()),
+            Slot::Trigger(r) => Slot::Trigger(r.clone()),
         }
     }
 
-    /// The stored text: `at:<RFC 3339 UTC>` or `rev:<hash>`.
+    /// The stored text: `at:<RFC 3339 UTC>`, `rev:<hash>` or `trigger:<request id>`.
     pub fn key_text(&self) -> String {
         match self.normalized() {
             Slot::At(t) => format!("at:{t}"),
             Slot::Revision(r) => format!("rev:{r}"),
+            Slot::Trigger(r) => format!("trigger:{r}"),
         }
     }
 
@@ -287,6 +293,8 @@ impl Slot {
     pub fn from_key_text(s: &str) -> Option<Slot> {
         if let Some(t) = s.strip_prefix("at:") {
             t.parse().ok().map(Slot::At)
+        } else if let Some(r) = s.strip_prefix("trigger:") {
+            Some(Slot::Trigger(r.to_string()))
         } else {
             s.strip_prefix("rev:")
                 .map(|r| Slot::Revision(r.to_string()))

@@ -324,6 +324,41 @@ impl SqliteLedger {
         quick_check(&self.conn, &self.path)
     }
 
+    /// Per spec, its newest run with outcome `completed` (newest by
+    /// scheduled time), ordered by spec name: `calld status`'s LAST SUCCESS
+    /// and the per-spec metrics.
+    pub fn last_successes(&self) -> Result<Vec<Run>> {
+        query_runs(
+            &self.conn,
+            &format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE seq IN ( \
+                   SELECT (SELECT n.seq FROM runs n WHERE n.spec = s.spec \
+                           AND n.outcome = 'completed' \
+                           ORDER BY n.scheduled_at DESC, n.seq DESC LIMIT 1) \
+                   FROM (SELECT DISTINCT spec FROM runs WHERE outcome = 'completed') s) \
+                 ORDER BY spec"
+            ),
+            [],
+        )
+    }
+
+    /// Per spec, its newest finished run that was not `canceled` (newest
+    /// by scheduled time), ordered by spec name: the per-spec metrics.
+    pub fn latest_finished_runs(&self) -> Result<Vec<Run>> {
+        query_runs(
+            &self.conn,
+            &format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE seq IN ( \
+                   SELECT (SELECT n.seq FROM runs n WHERE n.spec = s.spec \
+                           AND n.state = 'finished' AND n.outcome <> 'canceled' \
+                           ORDER BY n.scheduled_at DESC, n.seq DESC LIMIT 1) \
+                   FROM (SELECT DISTINCT spec FROM runs WHERE state = 'finished') s) \
+                 ORDER BY spec"
+            ),
+            [],
+        )
+    }
+
     #[cfg(test)]
     pub(crate) fn conn_for_tests(&self) -> &Connection {
         &self.conn
@@ -702,7 +737,7 @@ impl Ledger for SqliteLedger {
         let slot_text = slot.key_text();
         let scheduled = match &slot {
             Slot::At(t) => *t,
-            Slot::Revision(_) => now,
+            Slot::Revision(_) | Slot::Trigger(_) => now,
         };
         self.write(|tx| {
             // The (spec, slot) UNIQUE constraint decides; the id is retried on

@@ -259,6 +259,12 @@ impl Env {
     /// `calld history NAME --format json`: the runs, newest first.
     pub fn history(&self, name: &str) -> Vec<Json> {
         let out = self.calld(&["history", name, "--limit", "100000", "--format", "json"]);
+        // exit 1: no run yet and the daemon does not know the spec (yet)
+        if out.status.code() == Some(1)
+            && String::from_utf8_lossy(&out.stderr).contains("no spec or run named")
+        {
+            return Vec::new();
+        }
         assert!(out.status.success(), "calld history: {out:?}");
         let doc: Json = serde_json::from_slice(&out.stdout).expect("history JSON");
         doc["runs"].as_array().cloned().unwrap_or_default()
