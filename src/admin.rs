@@ -41,6 +41,8 @@ pub struct AdminState {
     /// Set by the daemon after the first full load (`/readyz` turns 200);
     /// cleared again while it stops.
     pub ready: Arc<AtomicBool>,
+    /// Why it is not ready (the calls directory not read yet, ...).
+    pub not_ready: Arc<std::sync::Mutex<String>>,
     pub metrics: Metrics,
     pub specs: SpecsProvider,
     pub runs: RunsProvider,
@@ -60,6 +62,7 @@ impl AdminState {
     pub fn new(metrics: Metrics) -> Self {
         AdminState {
             ready: Arc::new(AtomicBool::new(false)),
+            not_ready: Arc::new(std::sync::Mutex::new(String::new())),
             metrics,
             specs: Arc::new(|| json!([])),
             runs: Arc::new(|_, _| None),
@@ -81,6 +84,11 @@ impl AdminState {
 
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    /// What `/readyz` says while not ready (after "not ready: ").
+    pub fn set_not_ready_reason(&self, reason: &str) {
+        *self.not_ready.lock().unwrap_or_else(|p| p.into_inner()) = reason.to_string();
     }
 
     pub fn is_ready(&self) -> bool {
@@ -124,7 +132,17 @@ async fn readyz(State(state): State<AdminState>) -> Response {
     if state.is_ready() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+        let why = state
+            .not_ready
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let body = if why.is_empty() {
+            "not ready\n".to_string()
+        } else {
+            format!("not ready: {why}\n")
+        };
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
     }
 }
 

@@ -88,6 +88,11 @@ pub fn status(config: Option<&Path>, state_dir: Option<&Path>, format: Format) -
             names.entry(n.to_string()).or_default();
         }
     }
+    // held names (a file that fails to load, a mass disappearance, ...)
+    let held = report["held"].as_object().cloned().unwrap_or_default();
+    for n in held.keys() {
+        names.entry(n.clone()).or_default();
+    }
     for r in latest {
         let spec = r.spec.clone();
         names.entry(spec).or_default().0 = Some(r);
@@ -124,6 +129,7 @@ pub fn status(config: Option<&Path>, state_dir: Option<&Path>, format: Format) -
                         "currentRun": current.as_ref().map(run_json),
                         "nextRun": next.as_ref().map(run_json),
                         "problems": problems_of(name),
+                        "held": held.get(name),
                     })
                 })
                 .collect();
@@ -182,7 +188,9 @@ pub fn status(config: Option<&Path>, state_dir: Option<&Path>, format: Format) -
             let _ = writeln!(out, "{:<w0$}  {:<w2$}  LAST RUN", "SPEC", "NEXT RUN");
             for r in &rows {
                 let _ = writeln!(out, "{:<w0$}  {:<w2$}  {}", r[0], r[2], r[1]);
-                if !r[3].is_empty() {
+                if let Some(why) = held.get(&r[0]).and_then(Json::as_str) {
+                    let _ = writeln!(out, "{:<w0$}  held (runs kept, nothing placed): {why}", "");
+                } else if !r[3].is_empty() {
                     let _ = writeln!(out, "{:<w0$}  invalid: {}", "", r[3]);
                 }
             }
@@ -225,6 +233,8 @@ pub fn history(
         Ok(l) => l,
         Err(code) => return code,
     };
+    // names are compared after NFC normalisation (docs/runs.md)
+    let name = &crate::spec::validate::normal_name(name);
     let records: Vec<RunRecord> = match ledger.history(name, limit) {
         Ok(r) => r,
         Err(e) => {
@@ -232,6 +242,7 @@ pub fn history(
             return 2;
         }
     };
+    let renames = ledger.renames_to(name).unwrap_or_default();
     let mut out = std::io::stdout().lock();
     match format {
         Format::Json => {
@@ -248,9 +259,24 @@ pub fn history(
                     v
                 })
                 .collect();
-            let _ = writeln!(out, "{}", json!({ "spec": name, "runs": runs }));
+            let _ = writeln!(
+                out,
+                "{}",
+                json!({ "spec": name, "runs": runs, "renamedFrom": renames })
+            );
         }
         Format::Text | Format::Github => {
+            for r in &renames {
+                let _ = writeln!(
+                    out,
+                    "renamed from `{}` to `{}` at {} (same revision {}): the runs below include those of `{}`",
+                    r.from,
+                    r.to,
+                    short_time(&r.at),
+                    r.revision.get(..12).unwrap_or(&r.revision),
+                    r.from
+                );
+            }
             if records.is_empty() {
                 let _ = writeln!(out, "no runs recorded for `{name}`");
                 return 0;
@@ -260,10 +286,11 @@ pub fn history(
                 let outcome = r.outcome.map(|o| o.as_str()).unwrap_or(r.state.as_str());
                 let _ = writeln!(
                     out,
-                    "run {}  scheduled {}  {}",
+                    "run {}  scheduled {}  {}  revision {}",
                     r.id,
                     short_time(&r.scheduled_at),
-                    outcome
+                    outcome,
+                    r.revision.get(..12).unwrap_or(&r.revision)
                 );
                 if let Some(reason) = &r.reason {
                     let _ = writeln!(out, "  reason: {reason}");

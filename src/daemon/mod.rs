@@ -13,6 +13,7 @@
 //! before its create request leaves; the ledger refuses to mark a run twice,
 //! and a run left `requesting` by a crash becomes `unknown`, never re-sent.
 
+mod identity;
 mod setup;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -108,6 +109,13 @@ pub(crate) struct Controller {
     /// `graph.maxConcurrentRequests` requests were in flight; the next
     /// finished request triggers the decision that places it.
     pub(crate) deferred: bool,
+    /// Run identity between snapshots (loaded from the ledger at the first
+    /// decision): [`crate::identity`].
+    identity: Option<crate::identity::Memory>,
+    /// Whether the calls directory has been read successfully once.
+    pub(crate) dir_known: bool,
+    /// The names held at the last decision, with why (for the spec report).
+    held_now: BTreeMap<String, String>,
 }
 
 /// How the controller loop ended.
@@ -131,6 +139,9 @@ impl Controller {
             due: HashMap::new(),
             last_status: String::new(),
             deferred: false,
+            identity: None,
+            dir_known: false,
+            held_now: BTreeMap::new(),
         }
     }
 
@@ -149,6 +160,12 @@ impl Controller {
             }),
             &ctx,
         );
+        if snap.root_error.is_none() {
+            self.dir_known = true;
+        }
+        if let (Some(e), false) = (&snap.root_error, self.dir_known) {
+            tracing::warn!(error = %e, "the calls directory has never been read: nothing is placed or canceled from the ledger's planned runs until it is (retrying every second)");
+        }
         if let Some(e) = &snap.root_error {
             set.diagnostics.push(crate::spec::Diagnostic::new(
                 &self.rt.calls_dir.display().to_string(),
@@ -183,10 +200,30 @@ impl Controller {
         self.write_specs_report();
     }
 
+    /// Why the loaded specs are not all valid, if they are not (`--once`
+    /// exits 1 then).
+    pub(crate) fn invalid_report(&self) -> Option<String> {
+        let errors = self.specs.error_count();
+        (errors > 0).then(|| {
+            let first = self
+                .specs
+                .diagnostics
+                .iter()
+                .find(|d| d.is_error())
+                .map(|d| format!(": first: {d}"))
+                .unwrap_or_default();
+            format!(
+                "{errors} error(s) in {} invalid spec file(s){first}",
+                self.specs.invalid_files.len()
+            )
+        })
+    }
+
     /// `<stateDir>/specs.json`: the daemon's view of the calls directory,
     /// read by `calld status` (written atomically).
     fn write_specs_report(&self) {
-        let report = specs_report(&self.specs);
+        let mut report = specs_report(&self.specs);
+        report["held"] = json!(self.held_now);
         *self.rt.specs_json.lock().unwrap_or_else(|p| p.into_inner()) = report.clone();
         let path = self.rt.state_dir.join(SPECS_REPORT);
         let tmp = self.rt.state_dir.join(format!(".{SPECS_REPORT}.tmp"));
@@ -202,7 +239,7 @@ impl Controller {
     pub(crate) async fn decide(&mut self) -> anyhow::Result<Option<Timestamp>> {
         let now = crate::clock::now();
         self.deferred = false;
-        let (runs, progress, latest, last_slots) = with_ledger(&self.rt.ledger, |l| {
+        let read = |l: &mut SqliteLedger| {
             let runs = l.open_runs()?;
             let progress = l.open_run_progress()?;
             let latest: BTreeMap<String, Run> = l
@@ -212,8 +249,15 @@ impl Controller {
                 .collect();
             let last_slots = l.last_slots()?;
             Ok((runs, progress, latest, last_slots))
-        })
-        .await?;
+        };
+        let (mut runs, mut progress, mut latest, mut last_slots) =
+            with_ledger(&self.rt.ledger, read).await?;
+        // Renames, held names, upgrades: before the decision (docs/runs.md).
+        let ident = self.identity_step(now, &runs, &latest, &last_slots).await?;
+        if ident.ledger_changed {
+            (runs, progress, latest, last_slots) = with_ledger(&self.rt.ledger, read).await?;
+            self.write_specs_report();
+        }
         // A run whose request task is running is in flight whatever the ledger says.
         let mut progress = progress;
         for id in &self.in_flight {
@@ -225,7 +269,7 @@ impl Controller {
         let input = reconcile::Input {
             now,
             specs: &self.specs.specs,
-            held: &self.specs.invalid_names,
+            held: &ident.held,
             runs: &runs,
             progress: &progress,
             latest: &latest,
@@ -258,7 +302,11 @@ impl Controller {
             }
         }
         self.update_status(&runs);
-        Ok(decision.wake_at)
+        let wake = match (decision.wake_at, ident.wake_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Ok(wake)
     }
 
     /// The token's roles (live mode), to refuse a spec whose permission is

@@ -175,6 +175,9 @@ pub fn load_file(label: &str, rel: &str, bytes: &[u8], ctx: &Context) -> FileLoa
 fn held_whole(mut out: FileLoad, ck: Checker, rel: &str) -> FileLoad {
     out.diagnostics = ck.diags;
     if let Some(n) = held_default_name(rel) {
+        for d in &mut out.diagnostics {
+            d.spec.get_or_insert_with(|| n.clone());
+        }
         out.invalid_names.insert(n);
     }
     out
