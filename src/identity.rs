@@ -194,6 +194,22 @@ pub fn step(memory: &Memory, input: &Input<'_>) -> Step {
         }
     }
 
+    // A file calld never saw valid fails to load: it may be a spec renamed
+    // or moved while broken, so the specs that are gone are held with it
+    // (their runs kept) until it loads or is removed.
+    let known_files: BTreeSet<&str> = memory.known.values().map(|k| k.file.as_str()).collect();
+    let unexplained = input
+        .invalid_files
+        .iter()
+        .any(|f| !known_files.contains(f.as_str()));
+    if unexplained {
+        for name in memory.known.keys() {
+            if !input.specs.contains_key(name) && !renamed_away.contains(name.as_str()) {
+                held.insert(name.clone());
+            }
+        }
+    }
+
     // Mass disappearance: what vanished without a rename or an error.
     let mut vanished = memory.vanished.clone();
     vanished.retain(|name, _| {
