@@ -1,7 +1,7 @@
 //! One full scan of a calls directory, with a cache of stat keys so that a
 //! rescan where nothing changed reads no file.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -68,6 +68,10 @@ pub struct ScanStats {
     pub racy_files: usize,
     /// Wall time of the scan.
     pub elapsed: Duration,
+    /// Files not read yet because they are being written (modified but not
+    /// closed, or changed while read): their last complete content stays
+    /// in the snapshot (docs/watching.md, "Half-written files").
+    pub unsettled_files: usize,
 }
 
 /// The complete set of spec files of a calls directory at one moment.
@@ -168,6 +172,14 @@ pub struct Scanner {
     last: Option<Arc<Snapshot>>,
     /// The canonical calls directory at the last scan.
     canonical_root: Option<PathBuf>,
+    /// Files being written (absolute paths as events name them): not read
+    /// until they settle. Set by the watcher before each scan.
+    unsettled: HashSet<PathBuf>,
+    /// Whether a file that changes while it is read is held (the watcher's
+    /// scanner; `check` and `--once` read what is there).
+    hold_changing: bool,
+    /// Files seen changing during the last scan's read.
+    changed_during_read: Vec<PathBuf>,
 }
 
 impl Scanner {
@@ -177,7 +189,33 @@ impl Scanner {
             cache: HashMap::new(),
             last: None,
             canonical_root: None,
+            unsettled: HashSet::new(),
+            hold_changing: false,
+            changed_during_read: Vec::new(),
         }
+    }
+
+    /// The files being written (not closed yet): their previous content is
+    /// kept until they settle. Turns on holding files that change while
+    /// they are read.
+    pub fn set_unsettled(&mut self, paths: HashSet<PathBuf>) {
+        self.unsettled = paths;
+        self.hold_changing = true;
+    }
+
+    /// The files that changed while the last scan read them (look again
+    /// once they are quiet).
+    pub fn take_changed_during_read(&mut self) -> Vec<PathBuf> {
+        std::mem::take(&mut self.changed_during_read)
+    }
+
+    fn is_unsettled(&self, file: &crate::spec::files::SpecFile) -> bool {
+        !self.unsettled.is_empty()
+            && (self.unsettled.contains(&file.path)
+                || self
+                    .canonical_root
+                    .as_ref()
+                    .is_some_and(|r| self.unsettled.contains(&r.join(&file.rel))))
     }
 
     /// The calls directory as configured.
@@ -222,17 +260,53 @@ impl Scanner {
                 Err(e) => Err(e),
             };
             let key = meta.as_ref().ok().map(StatKey::of);
-            let reuse = match (self.cache.remove(&file.rel), key) {
-                (Some(c), Some(k)) if c.key == Some(k) && !c.racy => Some(c),
-                _ => None,
+            let old = self.cache.remove(&file.rel);
+            let reuse = match (old, key) {
+                (Some(c), Some(k)) if c.key == Some(k) && !c.racy => Ok(c),
+                (old, _) => Err(old),
             };
             let cached = match reuse {
-                Some(c) => c,
-                None => {
+                Ok(c) => c,
+                // being written: keep the last complete content (read again
+                // once it settles); a new file is not seen yet
+                Err(old) if self.is_unsettled(&file) => {
+                    stats.unsettled_files += 1;
+                    match old {
+                        Some(mut c) => {
+                            c.key = None;
+                            c
+                        }
+                        None => continue,
+                    }
+                }
+                Err(old) => {
                     let content = match &meta {
                         Ok(m) => read_limited(&file.path, m.len()),
                         Err(e) => Err(format!("cannot stat: {e}")),
                     };
+                    let after = std::fs::metadata(&file.path).ok().map(|m| StatKey::of(&m));
+                    if self.hold_changing && content.is_ok() && after != key {
+                        // changed while we read it: not complete
+                        stats.unsettled_files += 1;
+                        self.changed_during_read.push(file.path.clone());
+                        match old {
+                            Some(mut c) => {
+                                c.key = None;
+                                files.insert(
+                                    file.rel.clone(),
+                                    FileSnapshot {
+                                        rel: file.rel.clone(),
+                                        path: file.path.clone(),
+                                        content: c.content.clone(),
+                                        hash: c.hash,
+                                    },
+                                );
+                                seen.insert(file.rel, c);
+                                continue;
+                            }
+                            None => continue,
+                        }
+                    }
                     stats.files_read += 1;
                     if let Ok(bytes) = &content {
                         stats.bytes_read += bytes.len() as u64;
