@@ -342,6 +342,11 @@ async fn run_async(
     }
     controller.load_snapshot(&first);
     let invalid_at_start = controller.invalid_report();
+    admin_state.set_not_ready_reason(if controller.dir_known {
+        "starting"
+    } else {
+        "the calls directory has not been read yet (missing or unreadable); nothing is placed or canceled until it is"
+    });
     // systemd: the first full load is done and the ledger is open.
     let _ = notifier.ready();
     let mut ready = false;
