@@ -213,7 +213,9 @@ pub fn step(memory: &Memory, input: &Input<'_>) -> Step {
     // Mass disappearance: what vanished without a rename or an error.
     let mut vanished = memory.vanished.clone();
     vanished.retain(|name, _| {
-        !input.specs.contains_key(name) && !held.contains(name) && !renamed_away.contains(name.as_str())
+        !input.specs.contains_key(name)
+            && !held.contains(name)
+            && !renamed_away.contains(name.as_str())
     });
     let fresh: Vec<&str> = memory
         .known

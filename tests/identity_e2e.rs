@@ -27,16 +27,14 @@ fn marker(env: &Env, emu: &Emu, n: u32) {
 }
 
 fn completed(env: &Env, name: &str, n: usize) {
-    let mut last = Vec::new();
     let deadline = std::time::Instant::now() + WAIT;
     loop {
         let h = env.history(name);
         if h.len() == n && h.iter().all(|r| r["outcome"] == "completed") {
             return;
         }
-        last = h;
         if std::time::Instant::now() > deadline {
-            panic!("{n} completed runs of {name}: {last:?}");
+            panic!("{n} completed runs of {name}: {h:?}");
         }
         std::thread::sleep(Duration::from_millis(25));
     }
@@ -75,21 +73,36 @@ fn config_edits_and_restarts_place_nothing_an_edit_of_the_call_places_once() {
     daemon.signal("HUP");
     daemon.wait_log("SIGHUP: configuration reloaded");
     marker(&env, &emu, 1);
-    assert_eq!(subjects(&emu, "Hello"), 1, "a defaults edit placed the call again");
+    assert_eq!(
+        subjects(&emu, "Hello"),
+        1,
+        "a defaults edit placed the call again"
+    );
 
     // a restart with another callback.publicUrl
     drop(daemon);
     let url = env.public_url.clone();
     let other = url.replace("127.0.0.1", "localhost");
-    rewrite_config(&env, &format!("publicUrl: {url}"), &format!("publicUrl: {other}"));
+    rewrite_config(
+        &env,
+        &format!("publicUrl: {url}"),
+        &format!("publicUrl: {other}"),
+    );
     let daemon = env.start();
     marker(&env, &emu, 2);
-    assert_eq!(subjects(&emu, "Hello"), 1, "a new publicUrl placed the call again");
+    assert_eq!(
+        subjects(&emu, "Hello"),
+        1,
+        "a new publicUrl placed the call again"
+    );
 
     // the plan, the admin report and the ledger agree on the revision
     let plan = env.calld(&["plan", env.calls.join("ring.yaml").to_str().unwrap()]);
     let plan = String::from_utf8_lossy(&plan.stdout).to_string();
-    let rev = env.history("ring")[0]["revision"].as_str().unwrap().to_string();
+    let rev = env.history("ring")[0]["revision"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(plan.contains(&rev[..12]), "plan {plan} vs ledger {rev}");
 
     // an edit of the subject: exactly one more create (sent with the new
@@ -218,13 +231,18 @@ fn a_broken_cron_file_holds_its_run_and_fixing_it_resumes() {
     env.drop_spec("yearly.yaml", good);
     let run = wait_until("the scheduled run", || {
         let h = env.history("yearly");
-        h.first().filter(|r| r["state"] == "scheduled").map(|r| r["id"].clone())
+        h.first()
+            .filter(|r| r["state"] == "scheduled")
+            .map(|r| r["id"].clone())
     });
     // truncated mid-line, then not UTF-8
     let truncated = &good[..good.len() - 12];
     let mut not_utf8 = good.as_bytes().to_vec();
     not_utf8.insert(5, 0xff);
-    for (i, bytes) in [truncated.as_bytes().to_vec(), not_utf8].into_iter().enumerate() {
+    for (i, bytes) in [truncated.as_bytes().to_vec(), not_utf8]
+        .into_iter()
+        .enumerate()
+    {
         let staging = env.dir.path().join("staging/yearly.yaml");
         std::fs::write(&staging, bytes).unwrap();
         std::fs::rename(&staging, env.calls.join("yearly.yaml")).unwrap();
@@ -251,10 +269,7 @@ fn a_broken_cron_file_holds_its_run_and_fixing_it_resumes() {
 fn a_calls_directory_missing_at_start_cancels_nothing() {
     let emu = Emu::start(FAST_CALLS);
     let admin = free_port();
-    let env = Env::with_config(
-        &emu,
-        &format!("admin: {{ listen: 127.0.0.1:{admin} }}\n"),
-    );
+    let env = Env::with_config(&emu, &format!("admin: {{ listen: 127.0.0.1:{admin} }}\n"));
     let d = env.start();
     env.drop_spec(
         "yearly.yaml",
@@ -262,7 +277,9 @@ fn a_calls_directory_missing_at_start_cancels_nothing() {
     );
     let run = wait_until("the scheduled run", || {
         let h = env.history("yearly");
-        h.first().filter(|r| r["state"] == "scheduled").map(|r| r["id"].clone())
+        h.first()
+            .filter(|r| r["state"] == "scheduled")
+            .map(|r| r["id"].clone())
     });
     drop(d);
     let away = env.dir.path().join("calls.away");
@@ -342,7 +359,10 @@ fn run_once_and_check_exit_codes() {
     std::fs::create_dir_all(&env.calls).unwrap();
     let out = env.calld(&["check", env.calls.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no spec files"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no spec files"),
+        "{out:?}"
+    );
 }
 
 #[test]
@@ -353,7 +373,10 @@ fn names_obey_one_rule_and_compare_after_nfc() {
     let out = env.calld(&["check", env.calls.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
-    assert!(text.contains("bad\nname.yaml") && text.contains("refused"), "{text}");
+    assert!(
+        text.contains("bad\nname.yaml") && text.contains("refused"),
+        "{text}"
+    );
     std::fs::remove_file(env.calls.join("bad\nname.yaml")).unwrap();
     // café, precomposed and with a combining accent: one name, a duplicate
     std::fs::write(env.calls.join("caf\u{e9}.yaml"), call_spec("x")).unwrap();
@@ -368,10 +391,17 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     use std::io::Read;
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     let status = out.split_whitespace().nth(1)?.parse().ok()?;
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Some((status, body))
 }

@@ -35,7 +35,7 @@ fn text(f: &File) -> Vec<u8> {
     match f.broken {
         None => full.into_bytes(),
         // cut in the middle of the flow list: never valid YAML
-        Some(false) => full[..full.len() - 8].as_bytes().to_vec(),
+        Some(false) => full.as_bytes()[..full.len() - 8].to_vec(),
         Some(true) => {
             let mut b = full.into_bytes();
             b.insert(10, 0xff);
@@ -105,7 +105,8 @@ impl Daemon {
     }
 
     fn sighup(&mut self, n: u32) {
-        self.defaults.source = Some(json!({ "identity": { "application": { "id": format!("app-{n}") } } }));
+        self.defaults.source =
+            Some(json!({ "identity": { "application": { "id": format!("app-{n}") } } }));
         self.defaults.tenant_id = Some(format!("tenant-{n}"));
         self.public_url = format!("https://bot{n}.example.com/api/calls");
     }
@@ -126,7 +127,8 @@ impl Daemon {
             public_url: Some(&self.public_url),
             now: self.now,
         };
-        let bytes: Vec<(String, Vec<u8>)> = files.iter().map(|(r, f)| (r.clone(), text(f))).collect();
+        let bytes: Vec<(String, Vec<u8>)> =
+            files.iter().map(|(r, f)| (r.clone(), text(f))).collect();
         let set = load_set(
             bytes.iter().map(|(rel, b)| Input {
                 label: format!("/calls/{rel}"),
@@ -161,7 +163,11 @@ impl Daemon {
                     .is_some();
             }
             for a in &step.adopt {
-                changed |= self.world.ledger.adopt_revision(&a.spec, &a.from, &a.to).unwrap();
+                changed |= self
+                    .world
+                    .ledger
+                    .adopt_revision(&a.spec, &a.from, &a.to)
+                    .unwrap();
             }
             if changed {
                 snap = self.world.snapshot();
@@ -194,7 +200,8 @@ fn run_ops(ops: &[Op]) -> (usize, usize) {
     let mut d = Daemon::new();
     let mut files: BTreeMap<String, File> = BTreeMap::new();
     let mut intents: BTreeSet<(u32, u32)> = BTreeSet::new();
-    let (mut lineages, mut subjects, mut comments, mut names, mut hups) = (0u32, 0u32, 0u32, 0u32, 0u32);
+    let (mut lineages, mut subjects, mut comments, mut names, mut hups) =
+        (0u32, 0u32, 0u32, 0u32, 0u32);
     for op in ops {
         match op {
             Op::Write => {
@@ -203,7 +210,12 @@ fn run_ops(ops: &[Op]) -> (usize, usize) {
                 names += 1;
                 files.insert(
                     format!("spec-{names}.yaml"),
-                    File { lineage: lineages, subject: subjects, comment: 0, broken: None },
+                    File {
+                        lineage: lineages,
+                        subject: subjects,
+                        comment: 0,
+                        broken: None,
+                    },
                 );
             }
             Op::EditComment(i) => {

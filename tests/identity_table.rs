@@ -133,16 +133,33 @@ fn a_rename_with_the_same_revision_moves_the_runs() {
     let before = load(&[("a.yaml", &spec_text("Hi")), ("keep.yaml", &spec_text("K"))]);
     let rev = before.specs["a"].revision.clone();
     let l = ledger_with(&[("a", &rev)]);
-    let after = load(&[("sub/b.yaml", &spec_text("Hi")), ("keep.yaml", &spec_text("K"))]);
+    let after = load(&[
+        ("sub/b.yaml", &spec_text("Hi")),
+        ("keep.yaml", &spec_text("K")),
+    ]);
     let s = step(&memory_of(&before), &after, &l, true, now());
     assert_eq!(s.renames.len(), 1);
-    assert_eq!((s.renames[0].from.as_str(), s.renames[0].to.as_str()), ("a", "sub/b"));
+    assert_eq!(
+        (s.renames[0].from.as_str(), s.renames[0].to.as_str()),
+        ("a", "sub/b")
+    );
     // an edit together with the move is not a rename
-    let edited = load(&[("sub/b.yaml", &spec_text("Other")), ("keep.yaml", &spec_text("K"))]);
-    assert!(step(&memory_of(&before), &edited, &l, true, now()).renames.is_empty());
+    let edited = load(&[
+        ("sub/b.yaml", &spec_text("Other")),
+        ("keep.yaml", &spec_text("K")),
+    ]);
+    assert!(
+        step(&memory_of(&before), &edited, &l, true, now())
+            .renames
+            .is_empty()
+    );
     // a new name that has runs of its own is not merged
     let l2 = ledger_with(&[("a", &rev), ("sub/b", "x")]);
-    assert!(step(&memory_of(&before), &after, &l2, true, now()).renames.is_empty());
+    assert!(
+        step(&memory_of(&before), &after, &l2, true, now())
+            .renames
+            .is_empty()
+    );
 }
 
 #[test]
@@ -159,7 +176,10 @@ fn a_file_that_fails_to_load_holds_what_it_held() {
         let after = load(&[("multi.yaml", text)]);
         let s = step(&memory_of(&before), &after, &ledger_with(&[]), true, now());
         let held: BTreeSet<&str> = s.held.iter().map(String::as_str).collect();
-        assert!(held.contains("one") && held.contains("two"), "{text:?}: {held:?}");
+        assert!(
+            held.contains("one") && held.contains("two"),
+            "{text:?}: {held:?}"
+        );
         // and it is remembered for the next step
         assert!(s.memory.known.contains_key("one"));
     }
@@ -197,7 +217,10 @@ fn many(n: usize) -> Vec<(String, String)> {
 }
 
 fn load_owned(files: &[(String, String)]) -> SpecSet {
-    let refs: Vec<(&str, &str)> = files.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
     load(&refs)
 }
 
@@ -217,14 +240,24 @@ fn mass_disappearance_rule() {
         let after = load_owned(&files[gone..]);
         let s = step(&memory_of(&before), &after, &ledger_with(&[]), true, now());
         assert_eq!(s.mass.is_some(), mass, "{gone} of {known}");
-        assert_eq!(s.held.len(), if mass { gone } else { 0 }, "{gone} of {known}");
+        assert_eq!(
+            s.held.len(),
+            if mass { gone } else { 0 },
+            "{gone} of {known}"
+        );
         if mass {
             // held until pruneAfter, then released
             let later = now() + jiff::SignedDuration::from_mins(4);
             let s2 = step(&s.memory, &after, &ledger_with(&[]), true, later);
             assert_eq!(s2.held.len(), gone);
             assert!(s2.mass.is_none(), "reported once");
-            let s3 = step(&s2.memory, &after, &ledger_with(&[]), true, now() + jiff::SignedDuration::from_mins(5));
+            let s3 = step(
+                &s2.memory,
+                &after,
+                &ledger_with(&[]),
+                true,
+                now() + jiff::SignedDuration::from_mins(5),
+            );
             assert!(s3.held.is_empty());
             assert_eq!(s3.pruned.len(), gone);
             // one that comes back is valid again, not held
@@ -259,10 +292,12 @@ fn a_run_under_the_older_revision_format_is_adopted() {
         )
         .unwrap();
     assert!(ledger.adopt_revision("a", &old, &spec.revision).unwrap());
-    assert!(ledger
-        .run_by_key(&RunKey::revision("a", spec.revision.clone()))
-        .unwrap()
-        .is_some());
+    assert!(
+        ledger
+            .run_by_key(&RunKey::revision("a", spec.revision.clone()))
+            .unwrap()
+            .is_some()
+    );
 }
 
 #[test]
@@ -281,7 +316,10 @@ fn renames_are_recorded_and_followed_back() {
     assert_eq!(l.rename_spec("a", "b", "r", now()).unwrap(), Some(1));
     assert_eq!(l.rename_spec("b", "c", "r", now()).unwrap(), Some(1));
     let chain = l.renames_to("c").unwrap();
-    let pairs: Vec<(&str, &str)> = chain.iter().map(|r| (r.from.as_str(), r.to.as_str())).collect();
+    let pairs: Vec<(&str, &str)> = chain
+        .iter()
+        .map(|r| (r.from.as_str(), r.to.as_str()))
+        .collect();
     assert_eq!(pairs, [("b", "c"), ("a", "b")]);
     assert_eq!(l.history("c", 10).unwrap().len(), 1);
     // never merged into a name with runs
@@ -316,10 +354,19 @@ fn names_from_paths_obey_the_rule_and_nfc() {
     let bad = load(&[("line\nbreak.yaml", &spec_text("x"))]);
     assert!(bad.specs.is_empty());
     let d = bad.diagnostics.iter().find(|d| d.is_error()).unwrap();
-    assert!(d.file.contains("line\nbreak.yaml") && d.message.contains("refused"), "{d}");
-    let dup = load(&[("caf\u{e9}.yaml", &spec_text("x")), ("cafe\u{301}.yaml", &spec_text("y"))]);
+    assert!(
+        d.file.contains("line\nbreak.yaml") && d.message.contains("refused"),
+        "{d}"
+    );
+    let dup = load(&[
+        ("caf\u{e9}.yaml", &spec_text("x")),
+        ("cafe\u{301}.yaml", &spec_text("y")),
+    ]);
     assert!(dup.specs.is_empty());
     assert!(dup.invalid_names.contains("caf\u{e9}"));
-    let explicit = load(&[("a.yaml", "name: \"cafe\u{301}\"\nsubject: x\ntargets: [ { user: { id: u1 } } ]\n")]);
+    let explicit = load(&[(
+        "a.yaml",
+        "name: \"cafe\u{301}\"\nsubject: x\ntargets: [ { user: { id: u1 } } ]\n",
+    )]);
     assert!(explicit.specs.contains_key("caf\u{e9}"));
 }

@@ -52,26 +52,38 @@ impl Controller {
         let mut changed = false;
         for r in &step.renames {
             let (from, to, rev) = (r.from.clone(), r.to.clone(), r.revision.clone());
-            match with_ledger(&self.rt.ledger, move |l| l.rename_spec(&from, &to, &rev, now))
-                .await
+            match with_ledger(&self.rt.ledger, move |l| {
+                l.rename_spec(&from, &to, &rev, now)
+            })
+            .await
             {
                 Ok(Some(n)) => {
                     changed = true;
                     tracing::info!(from = %r.from, to = %r.to, runs = n, "spec renamed: its runs and history move to the new name; nothing is placed again");
                 }
-                Ok(None) => tracing::warn!(from = %r.from, to = %r.to, "spec looks renamed, but the new name has runs already: histories are not merged"),
-                Err(e) => tracing::warn!(from = %r.from, to = %r.to, error = %e, "cannot record a rename"),
+                Ok(None) => {
+                    tracing::warn!(from = %r.from, to = %r.to, "spec looks renamed, but the new name has runs already: histories are not merged")
+                }
+                Err(e) => {
+                    tracing::warn!(from = %r.from, to = %r.to, error = %e, "cannot record a rename")
+                }
             }
         }
         for a in &step.adopt {
             let (spec, from, to) = (a.spec.clone(), a.from.clone(), a.to.clone());
-            match with_ledger(&self.rt.ledger, move |l| l.adopt_revision(&spec, &from, &to)).await {
+            match with_ledger(&self.rt.ledger, move |l| {
+                l.adopt_revision(&spec, &from, &to)
+            })
+            .await
+            {
                 Ok(true) => {
                     changed = true;
                     tracing::info!(spec = %a.spec, old = %a.from, new = %a.to, "run recorded under the old revision format kept as this revision's run (upgrade)");
                 }
                 Ok(false) => {}
-                Err(e) => tracing::warn!(spec = %a.spec, error = %e, "cannot re-key a run to the new revision format"),
+                Err(e) => {
+                    tracing::warn!(spec = %a.spec, error = %e, "cannot re-key a run to the new revision format")
+                }
             }
         }
         if let Some(m) = &step.mass {
@@ -86,11 +98,16 @@ impl Controller {
             );
         }
         if !step.pruned.is_empty() {
-            tracing::warn!(specs = step.pruned.len(), "specs gone for daemon.pruneAfter are removed now: their planned runs are canceled");
+            tracing::warn!(
+                specs = step.pruned.len(),
+                "specs gone for daemon.pruneAfter are removed now: their planned runs are canceled"
+            );
         }
         if self.dir_known && step.memory.known != memory.known {
             let (before, after) = (memory.known.clone(), step.memory.known.clone());
-            if let Err(e) = with_ledger(&self.rt.ledger, move |l| l.save_known(&before, &after)).await {
+            if let Err(e) =
+                with_ledger(&self.rt.ledger, move |l| l.save_known(&before, &after)).await
+            {
                 tracing::warn!(error = %e, "cannot save the known specs");
             }
         }

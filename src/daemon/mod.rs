@@ -259,7 +259,6 @@ impl Controller {
             self.write_specs_report();
         }
         // A run whose request task is running is in flight whatever the ledger says.
-        let mut progress = progress;
         for id in &self.in_flight {
             progress.entry(id.clone()).or_default().in_flight = true;
         }

@@ -426,7 +426,8 @@ impl Source {
         self.pacer.scan_started(started);
         // files being written: quiet for `settle` counts as done
         let settle = self.opts.settle;
-        self.writing.retain(|_, at| started.duration_since(*at) < settle);
+        self.writing
+            .retain(|_, at| started.duration_since(*at) < settle);
         self.scanner
             .set_unsettled(self.writing.keys().cloned().collect());
         let snapshot = self.scanner.scan();

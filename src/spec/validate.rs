@@ -728,7 +728,9 @@ pub fn check_name(name: &str) -> Result<(), String> {
         return Err("a name must not start or end with spaces".into());
     }
     if name.chars().any(char::is_control) {
-        return Err("a name must not contain control characters (a name is shown on one line)".into());
+        return Err(
+            "a name must not contain control characters (a name is shown on one line)".into(),
+        );
     }
     // line and paragraph separators, and marks that reorder the line
     if name.chars().any(|c| {
