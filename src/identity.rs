@@ -251,25 +251,28 @@ pub fn step(memory: &Memory, input: &Input<'_>) -> Step {
     held.extend(vanished.keys().cloned());
 
     // Upgrades: an unscheduled spec's run under the older revision format.
-    for (name, spec) in input.specs {
-        if spec.schedule.is_some() || held.contains(name) {
-            continue;
+    // (indexed by name: this runs before every decision)
+    let mut revision_slots: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for r in input.runs.iter().chain(input.latest.values()) {
+        if let Slot::Revision(rev) = &r.slot {
+            revision_slots.entry(r.spec.as_str()).or_default().push(rev);
         }
-        let runs_of = || {
-            input
-                .runs
-                .iter()
-                .filter(|r| &r.spec == name)
-                .chain(input.latest.get(name))
+    }
+    for (name, slots) in &revision_slots {
+        let Some(spec) = input.specs.get(*name) else {
+            continue;
         };
-        let current = Slot::Revision(spec.revision.clone());
-        if runs_of().any(|r| r.slot == current) {
+        if spec.schedule.is_some()
+            || held.contains(*name)
+            || slots.contains(&spec.revision.as_str())
+        {
             continue;
         }
+        // only computed for a spec whose runs carry another revision
         let old = legacy_revision(spec);
-        if runs_of().any(|r| r.slot == Slot::Revision(old.clone())) {
+        if slots.contains(&old.as_str()) {
             out.adopt.push(Adopt {
-                spec: name.clone(),
+                spec: name.to_string(),
                 from: old,
                 to: spec.revision.clone(),
             });

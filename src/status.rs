@@ -128,6 +128,12 @@ pub fn status(config: Option<&Path>, state_dir: Option<&Path>, format: Format) -
                         "lastRun": last.as_ref().map(run_json),
                         "currentRun": current.as_ref().map(run_json),
                         "nextRun": next.as_ref().map(run_json),
+                        "revision": report["specs"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .find(|s| s["name"].as_str() == Some(name))
+                            .map(|s| s["revision"].clone()),
                         "problems": problems_of(name),
                         "held": held.get(name),
                     })

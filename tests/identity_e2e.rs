@@ -104,6 +104,12 @@ fn config_edits_and_restarts_place_nothing_an_edit_of_the_call_places_once() {
         .unwrap()
         .to_string();
     assert!(plan.contains(&rev[..12]), "plan {plan} vs ledger {rev}");
+    let status = env.status();
+    assert_eq!(
+        spec_status(&status, "ring")["revision"],
+        rev.as_str(),
+        "{status}"
+    );
 
     // an edit of the subject: exactly one more create (sent with the new
     // defaults; the emulator refuses the foreign tenant, which is fine here)

@@ -370,3 +370,56 @@ fn names_from_paths_obey_the_rule_and_nfc() {
     )]);
     assert!(explicit.specs.contains_key("caf\u{e9}"));
 }
+
+mod reconcile_support;
+
+#[test]
+fn a_renamed_cron_spec_keeps_its_planned_run() {
+    use calld::reconcile::Action;
+    let cron = "subject: c\ntargets: [ { user: { id: u1 } } ]\nschedule: { cron: \"0 9 * * *\" }\n";
+    let before = load(&[("daily.yaml", cron)]);
+    let mut w = reconcile_support::World::new(vec![]);
+    w.specs = before.specs.clone();
+    let d = w.decide(now());
+    w.apply(&d, now());
+    let planned = w.ledger.open_runs().unwrap();
+    assert_eq!(planned.len(), 1);
+
+    let after = load(&[("team/daily.yaml", cron)]);
+    let snap = w.snapshot();
+    let s = identity::step(
+        &memory_of(&before),
+        &identity::Input {
+            now: now(),
+            specs: &after.specs,
+            invalid_names: &after.invalid_names,
+            invalid_files: &after.invalid_files,
+            dir_known: true,
+            runs: &snap.runs,
+            latest: &snap.latest,
+            last_slots: &snap.last_slots,
+            prune_after: Duration::from_secs(300),
+        },
+    );
+    assert_eq!(s.renames.len(), 1);
+    for r in &s.renames {
+        w.ledger
+            .rename_spec(&r.from, &r.to, &r.revision, now())
+            .unwrap();
+    }
+    w.specs = after.specs.clone();
+    w.held = s.held.clone();
+    let d = w.decide(now());
+    assert!(
+        !d.actions.iter().any(|a| matches!(
+            a,
+            Action::Finish { .. } | Action::Insert { .. } | Action::Place { .. }
+        )),
+        "nothing canceled, planned or placed: {:?}",
+        d.actions
+    );
+    let open = w.ledger.open_runs().unwrap();
+    assert_eq!(open.len(), 1);
+    assert_eq!(open[0].id, planned[0].id);
+    assert_eq!(open[0].spec, "team/daily");
+}
