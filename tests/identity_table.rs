@@ -423,3 +423,30 @@ fn a_renamed_cron_spec_keeps_its_planned_run() {
     assert_eq!(open[0].id, planned[0].id);
     assert_eq!(open[0].spec, "team/daily");
 }
+
+#[test]
+fn the_scanner_keeps_the_last_complete_content_of_a_file_being_written() {
+    use calld::source::Scanner;
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a.yaml");
+    let b = tmp.path().join("b.yaml");
+    std::fs::write(&a, "v: 1\n").unwrap();
+    let mut sc = Scanner::new(tmp.path());
+    sc.set_unsettled(Default::default());
+    assert_eq!(sc.scan().files["a.yaml"].bytes(), Some(&b"v: 1\n"[..]));
+    // a rewrite and a new file, both still being written
+    std::fs::write(&a, "v: 2 and more\n").unwrap();
+    std::fs::write(&b, "half").unwrap();
+    sc.set_unsettled([a.clone(), b.clone()].into_iter().collect());
+    let snap = sc.scan();
+    assert_eq!(snap.files["a.yaml"].bytes(), Some(&b"v: 1\n"[..]));
+    assert!(!snap.files.contains_key("b.yaml"));
+    assert_eq!(snap.stats.unsettled_files, 2);
+    assert!(!snap.changed);
+    // settled: read as they are now
+    sc.set_unsettled(Default::default());
+    let snap = sc.scan();
+    assert_eq!(snap.files["a.yaml"].bytes(), Some(&b"v: 2 and more\n"[..]));
+    assert_eq!(snap.files["b.yaml"].bytes(), Some(&b"half"[..]));
+    assert!(snap.changed);
+}

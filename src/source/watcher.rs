@@ -668,6 +668,50 @@ mod tests {
     }
 
     #[test]
+    fn writes_say_open_until_closed_renamed_in_or_removed() {
+        use notify::event::{CreateKind, DataChange, ModifyKind, RemoveKind, RenameMode};
+        let at = |kind: EventKind, paths: &[&str]| {
+            let mut e = Event::new(kind);
+            for p in paths {
+                e = e.add_path(PathBuf::from(p));
+            }
+            DebouncedEvent::new(e, Instant::now())
+        };
+        let events = vec![
+            at(EventKind::Create(CreateKind::File), &["/c/a.yaml"]),
+            at(
+                EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+                &["/c/a.yaml"],
+            ),
+            at(
+                EventKind::Access(AccessKind::Close(AccessMode::Write)),
+                &["/c/b.yaml"],
+            ),
+            at(
+                EventKind::Modify(ModifyKind::Name(RenameMode::Both)),
+                &["/c/x.tmp", "/c/d.yaml"],
+            ),
+            at(EventKind::Remove(RemoveKind::File), &["/c/e.yaml"]),
+            at(
+                EventKind::Access(AccessKind::Open(AccessMode::Any)),
+                &["/c/f.yaml"],
+            ),
+        ];
+        let w = writes_of(&events);
+        let of = |p: &str| {
+            w.iter()
+                .filter(|(q, _)| q == Path::new(p))
+                .map(|(_, w)| *w)
+                .last()
+        };
+        assert_eq!(of("/c/a.yaml"), Some(Write::Open));
+        assert_eq!(of("/c/b.yaml"), Some(Write::Done));
+        assert_eq!(of("/c/d.yaml"), Some(Write::Done));
+        assert_eq!(of("/c/e.yaml"), Some(Write::Done));
+        assert_eq!(of("/c/f.yaml"), None);
+    }
+
+    #[test]
     fn reads_by_our_own_rescans_are_not_changes() {
         let opens = vec![
             ev(EventKind::Access(AccessKind::Open(AccessMode::Any))),
