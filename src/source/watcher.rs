@@ -700,9 +700,9 @@ mod tests {
         let w = writes_of(&events);
         let of = |p: &str| {
             w.iter()
-                .filter(|(q, _)| q == Path::new(p))
+                .rev()
+                .find(|(q, _)| q == Path::new(p))
                 .map(|(_, w)| *w)
-                .last()
         };
         assert_eq!(of("/c/a.yaml"), Some(Write::Open));
         assert_eq!(of("/c/b.yaml"), Some(Write::Done));
