@@ -3,7 +3,8 @@
 //! calls directory (write, edit a comment, edit the call, rename, move,
 //! truncate, make non-UTF-8, restore, delete, SIGHUP with changed defaults,
 //! restart), the number of create requests equals the number of distinct
-//! call intents the sequence expressed.
+//! call intents the sequence expressed; and every living cron spec ends with
+//! its one planned run, never canceled, and nothing else planned.
 
 mod reconcile_support;
 
@@ -11,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use calld::config::Defaults;
 use calld::identity::{self, Memory};
+use calld::ledger::{Ledger, Outcome};
 use calld::spec::{Context, Input, load_set};
 use proptest::prelude::*;
 use reconcile_support::*;
@@ -25,11 +27,19 @@ struct File {
     comment: u32,
     /// Broken (truncated mid-line, or not UTF-8) until restored.
     broken: Option<bool>,
+    /// A yearly cron spec (its planned run must never be canceled while
+    /// the spec lives) instead of an unscheduled one.
+    cron: bool,
 }
 
 fn text(f: &File) -> Vec<u8> {
+    let schedule = if f.cron {
+        "schedule: { cron: \"0 0 1 1 *\" }\n"
+    } else {
+        ""
+    };
     let full = format!(
-        "# note {}\nsubject: call {}-{}\ntargets: [ {{ user: {{ id: u{} }} }} ]\n",
+        "# note {}\nsubject: call {}-{}\n{schedule}targets: [ {{ user: {{ id: u{} }} }} ]\n",
         f.comment, f.lineage, f.subject, f.lineage
     );
     match f.broken {
@@ -47,6 +57,7 @@ fn text(f: &File) -> Vec<u8> {
 #[derive(Debug, Clone)]
 enum Op {
     Write,
+    WriteCron,
     EditComment(usize),
     EditCall(usize),
     Rename(usize),
@@ -62,6 +73,7 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => Just(Op::Write),
+        2 => Just(Op::WriteCron),
         2 => any::<usize>().prop_map(Op::EditComment),
         2 => any::<usize>().prop_map(Op::EditCall),
         2 => any::<usize>().prop_map(Op::Rename),
@@ -202,9 +214,10 @@ fn run_ops(ops: &[Op]) -> (usize, usize) {
     let mut intents: BTreeSet<(u32, u32)> = BTreeSet::new();
     let (mut lineages, mut subjects, mut comments, mut names, mut hups) =
         (0u32, 0u32, 0u32, 0u32, 0u32);
+    let mut deleted_crons = 0usize;
     for op in ops {
         match op {
-            Op::Write => {
+            Op::Write | Op::WriteCron => {
                 lineages += 1;
                 subjects += 1;
                 names += 1;
@@ -215,6 +228,7 @@ fn run_ops(ops: &[Op]) -> (usize, usize) {
                         subject: subjects,
                         comment: 0,
                         broken: None,
+                        cron: matches!(op, Op::WriteCron),
                     },
                 );
             }
@@ -255,7 +269,8 @@ fn run_ops(ops: &[Op]) -> (usize, usize) {
             }
             Op::Delete(i) => {
                 if let Some(k) = pick(&files, *i) {
-                    files.remove(&k);
+                    let f = files.remove(&k).unwrap();
+                    deleted_crons += usize::from(f.cron);
                 }
             }
             Op::Sighup => {
@@ -264,17 +279,40 @@ fn run_ops(ops: &[Op]) -> (usize, usize) {
             }
             Op::Restart => d.restart(),
         }
-        // a broken file expresses no new intent; a valid one expresses its own
-        for f in files.values().filter(|f| f.broken.is_none()) {
+        // a broken file expresses no new intent; a valid one expresses its
+        // own (a cron spec's yearly run is not due in the window)
+        for f in files.values().filter(|f| f.broken.is_none() && !f.cron) {
             intents.insert((f.lineage, f.subject));
         }
         d.snapshot(&files);
     }
+    // Every file restored: each living cron spec has its one planned run,
+    // never canceled.
+    for f in files.values_mut() {
+        f.broken = None;
+    }
+    d.snapshot(&files);
+    for (rel, f) in files.iter().filter(|(_, f)| f.cron) {
+        let name = rel.strip_suffix(".yaml").unwrap();
+        let h = d.world.ledger.history(name, 1000).unwrap();
+        let open = h.iter().filter(|r| r.run.outcome.is_none()).count();
+        assert_eq!(open, 1, "{name} (lineage {}): {h:?}", f.lineage);
+        assert!(
+            h.iter().all(|r| r.run.outcome != Some(Outcome::Canceled)),
+            "{name}: {h:?}"
+        );
+    }
+    // and nothing else is planned: one run per living cron spec (a spec
+    // renamed and edited while broken is a removal and a new spec: the old
+    // name's run is canceled, never left planned beside the new one)
+    let open = d.world.ledger.open_runs().unwrap();
+    let crons = files.values().filter(|f| f.cron).count();
+    assert_eq!(open.len(), crons, "deleted {deleted_crons}: {open:?}");
     (d.creates, intents.len())
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
 
     #[test]
     fn one_create_per_call_intent(ops in proptest::collection::vec(op(), 1..40)) {

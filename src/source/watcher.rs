@@ -464,7 +464,12 @@ impl Source {
             "rescan"
         );
         if let (true, Some(e)) = (snapshot.changed, &snapshot.root_error) {
-            tracing::warn!(error = %e, "calls directory unreadable; keeping the last known specs");
+            if snapshot.files.is_empty() && snapshot.generation == 1 {
+                // nothing known yet: the daemon holds everything (docs/runs.md)
+                tracing::warn!(error = %e, "calls directory not readable yet; retrying every second");
+            } else {
+                tracing::warn!(error = %e, "calls directory unreadable; keeping the last known specs");
+            }
         }
         snapshot
     }
