@@ -62,6 +62,9 @@ pub struct Input<'a> {
     /// Whether the calls directory has been read successfully at least once
     /// since the daemon started.
     pub dir_known: bool,
+    /// Paths the last listing could not read (a folder without permission,
+    /// a dangling symlink): the specs known from below them are held.
+    pub unreadable: &'a [String],
     /// The ledger's open runs.
     pub runs: &'a [Run],
     /// Per spec, its latest run that left `scheduled`.
@@ -148,7 +151,15 @@ pub fn step(memory: &Memory, input: &Input<'_>) -> Step {
     // Held by the loader, and every spec a failing file held before.
     let mut held: BTreeSet<String> = input.invalid_names.clone();
     for (name, k) in &memory.known {
-        if input.invalid_files.contains(&k.file) && !input.specs.contains_key(name) {
+        let below_unreadable = input.unreadable.iter().any(|p| {
+            k.file == *p
+                || k.file
+                    .strip_prefix(p.as_str())
+                    .is_some_and(|rest| rest.starts_with('/'))
+        });
+        if (input.invalid_files.contains(&k.file) || below_unreadable)
+            && !input.specs.contains_key(name)
+        {
             held.insert(name.clone());
         }
     }

@@ -159,6 +159,7 @@ impl Daemon {
                     invalid_names: &set.invalid_names,
                     invalid_files: &set.invalid_files,
                     dir_known: true,
+                    unreadable: &[],
                     runs: &snap.runs,
                     latest: &snap.latest,
                     last_slots: &snap.last_slots,

@@ -75,6 +75,7 @@ fn step(memory: &Memory, set: &SpecSet, l: &Ledgers, dir_known: bool, at: Timest
             invalid_names: &set.invalid_names,
             invalid_files: &set.invalid_files,
             dir_known,
+            unreadable: &[],
             runs: &l.runs,
             latest: &l.latest,
             last_slots: &l.last_slots,
@@ -395,6 +396,7 @@ fn a_renamed_cron_spec_keeps_its_planned_run() {
             invalid_names: &after.invalid_names,
             invalid_files: &after.invalid_files,
             dir_known: true,
+            unreadable: &[],
             runs: &snap.runs,
             latest: &snap.latest,
             last_slots: &snap.last_slots,
@@ -449,4 +451,33 @@ fn the_scanner_keeps_the_last_complete_content_of_a_file_being_written() {
     assert_eq!(snap.files["a.yaml"].bytes(), Some(&b"v: 2 and more\n"[..]));
     assert_eq!(snap.files["b.yaml"].bytes(), Some(&b"half"[..]));
     assert!(snap.changed);
+}
+
+#[test]
+fn specs_below_an_unreadable_folder_are_held() {
+    let before = load(&[
+        ("team/a.yaml", &spec_text("A")),
+        ("teamx/b.yaml", &spec_text("B")),
+        ("c.yaml", &spec_text("C")),
+    ]);
+    let after = load(&[("c.yaml", &spec_text("C"))]);
+    let unreadable = vec!["/calls/team".to_string()];
+    let l = ledger_with(&[]);
+    let s = identity::step(
+        &memory_of(&before),
+        &identity::Input {
+            now: now(),
+            specs: &after.specs,
+            invalid_names: &after.invalid_names,
+            invalid_files: &after.invalid_files,
+            dir_known: true,
+            unreadable: &unreadable,
+            runs: &l.runs,
+            latest: &l.latest,
+            last_slots: &l.last_slots,
+            prune_after: Duration::from_secs(300),
+        },
+    );
+    let held: Vec<&str> = s.held.iter().map(String::as_str).collect();
+    assert_eq!(held, ["team/a"], "teamx/b is not below /calls/team");
 }

@@ -43,6 +43,7 @@ impl Controller {
             invalid_names: &self.specs.invalid_names,
             invalid_files: &self.specs.invalid_files,
             dir_known: self.dir_known,
+            unreadable: &self.unreadable,
             runs,
             latest,
             last_slots,

@@ -116,6 +116,8 @@ pub(crate) struct Controller {
     pub(crate) dir_known: bool,
     /// The names held at the last decision, with why (for the spec report).
     held_now: BTreeMap<String, String>,
+    /// Paths the last listing could not read (their specs are held).
+    unreadable: Vec<String>,
 }
 
 /// How the controller loop ended.
@@ -142,6 +144,7 @@ impl Controller {
             identity: None,
             dir_known: false,
             held_now: BTreeMap::new(),
+            unreadable: Vec::new(),
         }
     }
 
@@ -163,6 +166,11 @@ impl Controller {
         if snap.root_error.is_none() {
             self.dir_known = true;
         }
+        self.unreadable = snap
+            .problems
+            .iter()
+            .map(|p| p.path.display().to_string())
+            .collect();
         if let (Some(e), false) = (&snap.root_error, self.dir_known) {
             tracing::warn!(error = %e, "the calls directory has never been read: nothing is placed or canceled from the ledger's planned runs until it is (retrying every second)");
         }
