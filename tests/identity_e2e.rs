@@ -411,3 +411,24 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
         .unwrap_or_default();
     Some((status, body))
 }
+
+#[test]
+fn a_rename_while_the_daemon_is_stopped_is_still_a_rename() {
+    let emu = Emu::start(FAST_CALLS);
+    let env = Env::new(&emu);
+    let d = env.start();
+    env.drop_spec("standup.yaml", &call_spec("Standup"));
+    completed(&env, "standup", 1);
+    drop(d);
+    std::fs::create_dir_all(env.calls.join("archive")).unwrap();
+    std::fs::rename(
+        env.calls.join("standup.yaml"),
+        env.calls.join("archive/standup.yaml"),
+    )
+    .unwrap();
+    let d = env.start();
+    d.wait_log("spec renamed");
+    marker(&env, &emu, 1);
+    assert_eq!(subjects(&emu, "Standup"), 1);
+    completed(&env, "archive/standup", 1);
+}
