@@ -29,6 +29,17 @@ impl Controller {
         latest: &BTreeMap<String, Run>,
         last_slots: &BTreeMap<String, Timestamp>,
     ) -> anyhow::Result<IdentityView> {
+        // Only a new snapshot (or the end of a mass hold) changes the step.
+        if let Some((generation, held, wake_at)) = &self.identity_cache
+            && *generation == self.snapshot_gen
+            && wake_at.is_none_or(|w| now < w)
+        {
+            return Ok(IdentityView {
+                held: held.clone(),
+                wake_at: *wake_at,
+                ledger_changed: false,
+            });
+        }
         if self.identity.is_none() {
             let known = with_ledger(&self.rt.ledger, |l| l.known_specs()).await?;
             self.identity = Some(Memory {
@@ -118,6 +129,7 @@ impl Controller {
             self.held_now = why_held;
             self.write_specs_report();
         }
+        self.identity_cache = Some((self.snapshot_gen, step.held.clone(), step.wake_at));
         Ok(IdentityView {
             held: step.held,
             wake_at: step.wake_at,

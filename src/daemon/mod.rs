@@ -118,6 +118,11 @@ pub(crate) struct Controller {
     held_now: BTreeMap<String, String>,
     /// Paths the last listing could not read (their specs are held).
     unreadable: Vec<String>,
+    /// +1 per loaded snapshot: the identity step runs again only for a new
+    /// one (or when a mass hold ends).
+    snapshot_gen: u64,
+    /// The last identity step: (snapshot_gen, held names, wake_at).
+    identity_cache: Option<(u64, BTreeSet<String>, Option<Timestamp>)>,
 }
 
 /// How the controller loop ended.
@@ -145,6 +150,8 @@ impl Controller {
             dir_known: false,
             held_now: BTreeMap::new(),
             unreadable: Vec::new(),
+            snapshot_gen: 0,
+            identity_cache: None,
         }
     }
 
@@ -166,6 +173,7 @@ impl Controller {
         if snap.root_error.is_none() {
             self.dir_known = true;
         }
+        self.snapshot_gen += 1;
         self.unreadable = snap
             .problems
             .iter()
