@@ -104,6 +104,13 @@ fn config_edits_and_restarts_place_nothing_an_edit_of_the_call_places_once() {
         .unwrap()
         .to_string();
     assert!(plan.contains(&rev[..12]), "plan {plan} vs ledger {rev}");
+    // (a file written less than daemon.settle before the start is held
+    // until it settles, so wait for the report to carry it)
+    wait_until("status to give ring's revision", || {
+        let status = env.status();
+        let r = spec_status(&status, "ring")["revision"].clone();
+        (!r.is_null()).then_some(())
+    });
     let status = env.status();
     assert_eq!(
         spec_status(&status, "ring")["revision"],
@@ -431,4 +438,33 @@ fn a_rename_while_the_daemon_is_stopped_is_still_a_rename() {
     marker(&env, &emu, 1);
     assert_eq!(subjects(&emu, "Standup"), 1);
     completed(&env, "archive/standup", 1);
+}
+
+#[test]
+fn a_file_rewritten_just_before_a_start_keeps_its_planned_run() {
+    let emu = Emu::start(FAST_CALLS);
+    let env = Env::new(&emu);
+    let d = env.start();
+    let text = "subject: Yearly\ntargets: [ { phone: \"+14255550100\" } ]\nschedule: { cron: \"0 0 1 1 *\" }\n";
+    env.drop_spec("yearly.yaml", text);
+    let run = wait_until("the scheduled run", || {
+        let h = env.history("yearly");
+        h.first()
+            .filter(|r| r["state"] == "scheduled")
+            .map(|r| r["id"].clone())
+    });
+    drop(d);
+    // rewritten in place (a comment), then the daemon starts at once
+    std::fs::write(env.calls.join("yearly.yaml"), format!("# edited\n{text}")).unwrap();
+    let d = env.start();
+    marker(&env, &emu, 1);
+    wait_until("the file read once settled", || {
+        let s = env.status();
+        spec_status(&s, "yearly")["held"].is_null().then_some(())
+    });
+    let h = env.history("yearly");
+    assert_eq!(h.len(), 1, "{h:?}");
+    assert_eq!(h[0]["id"], run);
+    assert_eq!(h[0]["state"], "scheduled");
+    drop(d);
 }

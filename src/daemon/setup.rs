@@ -305,7 +305,11 @@ async fn run_async(
 
     // The calls directory.
     let source_dir = calls_dir.clone();
-    let source_opts = SourceOptions::from_config(&config.daemon);
+    let source_opts = SourceOptions {
+        // `--once` acts on its first snapshot only: read what is there
+        hold_recent_at_start: !args.once,
+        ..SourceOptions::from_config(&config.daemon)
+    };
     let (source_guard, mut snapshots) =
         tokio::task::spawn_blocking(move || watch_dir(source_dir, source_opts))
             .await

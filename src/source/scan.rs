@@ -180,6 +180,9 @@ pub struct Scanner {
     hold_changing: bool,
     /// Files seen changing during the last scan's read.
     changed_during_read: Vec<PathBuf>,
+    /// Next scan only: a file modified this recently is treated as being
+    /// written (no event has told whether it was closed yet).
+    hold_recent: Option<Duration>,
 }
 
 impl Scanner {
@@ -192,7 +195,16 @@ impl Scanner {
             unsettled: HashSet::new(),
             hold_changing: false,
             changed_during_read: Vec::new(),
+            hold_recent: None,
         }
+    }
+
+    /// For the next scan only: files modified within `window` before it
+    /// are held as being written (they are reported by
+    /// [`Scanner::take_changed_during_read`]). The watcher's first scan uses
+    /// it: no event has said yet whether those files were closed.
+    pub fn hold_recent_once(&mut self, window: Duration) {
+        self.hold_recent = Some(window);
     }
 
     /// The files being written (not closed yet): their previous content is
@@ -252,6 +264,7 @@ impl Scanner {
 
         let mut files = BTreeMap::new();
         let mut seen = HashMap::with_capacity(listed.len());
+        let hold_recent = self.hold_recent.take();
         for file in listed {
             let meta = match std::fs::metadata(&file.path) {
                 Ok(m) => Ok(m),
@@ -268,7 +281,7 @@ impl Scanner {
             let cached = match reuse {
                 Ok(c) => c,
                 // being written: keep the last complete content (read again
-                // once it settles); a new file is not seen yet
+                // once it settles); a file not read before is held
                 Err(old) if self.is_unsettled(&file) => {
                     stats.unsettled_files += 1;
                     match old {
@@ -276,8 +289,20 @@ impl Scanner {
                             c.key = None;
                             c
                         }
-                        None => continue,
+                        None => being_written(),
                     }
+                }
+                Err(None)
+                    if hold_recent.is_some_and(|w| {
+                        meta.as_ref()
+                            .ok()
+                            .and_then(|m| m.modified().ok())
+                            .is_some_and(|t| t + w > scan_start)
+                    }) =>
+                {
+                    stats.unsettled_files += 1;
+                    self.changed_during_read.push(file.path.clone());
+                    being_written()
                 }
                 Err(old) => {
                     let content = match &meta {
@@ -289,23 +314,24 @@ impl Scanner {
                         // changed while we read it: not complete
                         stats.unsettled_files += 1;
                         self.changed_during_read.push(file.path.clone());
-                        match old {
+                        let c = match old {
                             Some(mut c) => {
                                 c.key = None;
-                                files.insert(
-                                    file.rel.clone(),
-                                    FileSnapshot {
-                                        rel: file.rel.clone(),
-                                        path: file.path.clone(),
-                                        content: c.content.clone(),
-                                        hash: c.hash,
-                                    },
-                                );
-                                seen.insert(file.rel, c);
-                                continue;
+                                c
                             }
-                            None => continue,
-                        }
+                            None => being_written(),
+                        };
+                        files.insert(
+                            file.rel.clone(),
+                            FileSnapshot {
+                                rel: file.rel.clone(),
+                                path: file.path.clone(),
+                                content: c.content.clone(),
+                                hash: c.hash,
+                            },
+                        );
+                        seen.insert(file.rel, c);
+                        continue;
                     }
                     stats.files_read += 1;
                     if let Ok(bytes) = &content {
@@ -432,6 +458,23 @@ fn read_limited(path: &Path, len: u64) -> Result<Arc<[u8]>, String> {
         return Err(too_big(bytes.len() as u64));
     }
     Ok(bytes.into())
+}
+
+/// What a snapshot holds for a file seen for the first time while it is
+/// still being written: an error, so the specs its path names are held
+/// (not taken as deleted) until it is read complete.
+pub const BEING_WRITTEN: &str =
+    "still being written (modified, not closed yet): read once it has been quiet for daemon.settle";
+
+fn being_written() -> Cached {
+    let content = Err(BEING_WRITTEN.to_string());
+    Cached {
+        key: None,
+        racy: false,
+        hash: hash_content(&content),
+        content,
+        link_dir: None,
+    }
 }
 
 fn hash_content(content: &Result<Arc<[u8]>, String>) -> [u8; 32] {

@@ -50,6 +50,11 @@ pub struct SourceOptions {
     /// A file modified but not closed is read once it has been quiet this
     /// long (`daemon.settle`, default 1 s).
     pub settle: Duration,
+    /// The first scan holds files modified within `settle` before it (no
+    /// event says whether they were closed). On for the daemon
+    /// ([`SourceOptions::from_config`]); off for `run --once`, whose first
+    /// snapshot is its only one, and by default.
+    pub hold_recent_at_start: bool,
 }
 
 impl Default for SourceOptions {
@@ -61,6 +66,7 @@ impl Default for SourceOptions {
             poll_interval: Duration::from_secs(2),
             backend: WatchBackend::Auto,
             settle: Duration::from_secs(1),
+            hold_recent_at_start: false,
         }
     }
 }
@@ -72,6 +78,7 @@ impl SourceOptions {
             debounce: daemon.debounce,
             resync_interval: daemon.resync_interval,
             settle: daemon.settle,
+            hold_recent_at_start: true,
             ..SourceOptions::default()
         }
     }
@@ -628,6 +635,9 @@ pub fn watch(
 
     // Watch first, then scan: a change made during the first scan is an event.
     source.watches_before_first_scan();
+    if source.opts.hold_recent_at_start && !source.opts.settle.is_zero() {
+        source.scanner.hold_recent_once(source.opts.settle);
+    }
     let first = source.rescan();
     tracing::info!(
         dir = %first.dir.display(),
