@@ -468,3 +468,34 @@ fn a_file_rewritten_just_before_a_start_keeps_its_planned_run() {
     assert_eq!(h[0]["state"], "scheduled");
     drop(d);
 }
+
+#[test]
+fn an_operator_confirms_a_mass_removal_with_prune_after_0s_and_sighup() {
+    let emu = Emu::start(FAST_CALLS);
+    let env = Env::with_config(&emu, "daemon: { debounce: 20ms, pruneAfter: 1h }\n");
+    let d = env.start();
+    for i in 0..12 {
+        env.drop_spec(
+            &format!("y{i:02}.yaml"),
+            &format!("subject: Y{i}\ntargets: [ {{ phone: \"+14255550100\" }} ]\nschedule: {{ cron: \"0 0 1 1 *\" }}\n"),
+        );
+    }
+    wait_until("12 scheduled runs", || {
+        (0..12)
+            .all(|i| env.history(&format!("y{i:02}")).len() == 1)
+            .then_some(())
+    });
+    for i in 0..12 {
+        env.remove_spec(&format!("y{i:02}.yaml"));
+    }
+    d.wait_log("MASS DISAPPEARANCE");
+    marker(&env, &emu, 1);
+    assert_eq!(env.history("y00")[0]["state"], "scheduled", "held");
+    rewrite_config(&env, "pruneAfter: 1h", "pruneAfter: 0s");
+    d.signal("HUP");
+    wait_until("the held runs canceled", || {
+        (0..12)
+            .all(|i| env.history(&format!("y{i:02}"))[0]["outcome"] == "canceled")
+            .then_some(())
+    });
+}
