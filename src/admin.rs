@@ -52,6 +52,8 @@ pub struct AdminState {
     /// Set by the daemon after the first full load (`/readyz` turns 200);
     /// cleared again while it stops.
     pub ready: Arc<AtomicBool>,
+    /// Why it is not ready (the calls directory not read yet, ...).
+    pub not_ready: Arc<std::sync::Mutex<String>>,
     pub metrics: Metrics,
     pub specs: SpecsProvider,
     pub runs: RunsProvider,
@@ -78,6 +80,7 @@ impl AdminState {
     pub fn new(metrics: Metrics) -> Self {
         AdminState {
             ready: Arc::new(AtomicBool::new(false)),
+            not_ready: Arc::new(std::sync::Mutex::new(String::new())),
             metrics,
             specs: Arc::new(|| json!([])),
             runs: Arc::new(|_, _| None),
@@ -134,6 +137,11 @@ impl AdminState {
         self.ready.store(ready, Ordering::SeqCst);
     }
 
+    /// What `/readyz` says while not ready (after "not ready: ").
+    pub fn set_not_ready_reason(&self, reason: &str) {
+        *self.not_ready.lock().unwrap_or_else(|p| p.into_inner()) = reason.to_string();
+    }
+
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
     }
@@ -179,7 +187,17 @@ async fn readyz(State(state): State<AdminState>) -> Response {
     if state.is_ready() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+        let why = state
+            .not_ready
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let body = if why.is_empty() {
+            "not ready\n".to_string()
+        } else {
+            format!("not ready: {why}\n")
+        };
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
     }
 }
 

@@ -207,6 +207,18 @@ pub fn check(paths: &[PathBuf], config: Option<&Path>, format: Format) -> u8 {
             );
         }
     }
+    if set.file_count == 0 {
+        // a CI gate that checks nothing must not pass
+        eprintln!(
+            "calld check: warning: no spec files (*.yaml, *.yml) found in {}",
+            paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        return 1;
+    }
     u8::from(set.error_count() > 0)
 }
 

@@ -364,6 +364,14 @@ pub struct DaemonConfig {
     /// call that gets none for 45m).
     #[serde(with = "duration_text")]
     pub keep_alive_interval: Duration,
+    /// A spec file modified but not closed (or changed while read) is read
+    /// again once it has been quiet this long; default 1s (docs/watching.md).
+    #[serde(with = "duration_text")]
+    pub settle: Duration,
+    /// Specs that vanish all at once (over half, and more than 10) are held
+    /// this long before their runs are canceled; default 5m (docs/runs.md).
+    #[serde(with = "duration_text")]
+    pub prune_after: Duration,
 }
 
 impl Default for DaemonConfig {
@@ -374,6 +382,8 @@ impl Default for DaemonConfig {
             history_retention: Duration::from_secs(90 * 86_400),
             notification_timeout: Duration::from_secs(600),
             keep_alive_interval: Duration::from_secs(15 * 60),
+            settle: Duration::from_secs(1),
+            prune_after: Duration::from_secs(5 * 60),
         }
     }
 }

@@ -13,6 +13,8 @@
 //! - [`duration`]: the `90s`, `5m`, `1h30m`, `2d` duration syntax.
 //! - [`config`]: the configuration file (SPEC 3).
 //! - [`plan`]: what `calld plan` shows per spec.
+//! - [`identity`]: what a change of the calls directory means for run
+//!   identity: renames, held names, mass disappearances.
 //! - [`reconcile`]: the daemon's decision function: specs + open runs + now →
 //!   actions (insert, place, finish, retry, hang up, keepAlive) and the next wake-up.
 //!
@@ -49,6 +51,7 @@ pub mod diff;
 pub mod duration;
 pub mod emulator;
 pub mod graph;
+pub mod identity;
 pub mod ledger;
 pub mod logging;
 pub mod metrics;

@@ -334,11 +334,13 @@ pub fn status_doc(input: &StatusInput, now: Timestamp) -> Json {
             entries.insert(n.to_string(), s);
         }
     }
+    let held_why = report["held"].as_object().cloned().unwrap_or_default();
     let held: BTreeSet<String> = report["invalidNames"]
         .as_array()
         .into_iter()
         .flatten()
         .filter_map(|n| n.as_str().map(str::to_string))
+        .chain(held_why.keys().cloned())
         .collect();
     let diagnostics: Vec<Json> = report["diagnostics"]
         .as_array()
@@ -406,6 +408,7 @@ pub fn status_doc(input: &StatusInput, now: Timestamp) -> Json {
                     .iter()
                     .find(|d| d["severity"] == "error")
                     .map(|d| diag_line(d))
+                    .or_else(|| held_why.get(name).and_then(Json::as_str).map(str::to_string))
                     .unwrap_or_else(|| "the spec is invalid (see `calld check`)".into());
                 let why = match held_due {
                     Some(r) => format!(
@@ -482,6 +485,7 @@ pub fn status_doc(input: &StatusInput, now: Timestamp) -> Json {
             json!({
                 "name": name,
                 "file": entry.and_then(|e| e["file"].as_str()),
+                "revision": entry.map(|e| e["revision"].clone()),
                 "state": state,
                 "stateReason": state_reason,
                 "kind": entry.and_then(|e| e["kind"].as_str()),
@@ -733,9 +737,13 @@ pub fn history(
     format: Format,
 ) -> u8 {
     let limit = if limit == 0 { usize::MAX } else { limit };
+    // names are compared after NFC normalisation (docs/runs.md)
+    let name = &crate::spec::validate::normal_name(name);
+    let mut renames = Vec::new();
     let (records, known): (Vec<Json>, bool) = match open_source(config, state_dir, admin) {
         Err(code) => return code,
         Ok(Source::Local(ledger, dir)) => {
+            renames = ledger.renames_to(name).unwrap_or_default();
             let records: Vec<RunRecord> = match ledger.history(name, limit) {
                 Ok(r) => r,
                 Err(e) => {
@@ -756,7 +764,8 @@ pub fn history(
                     .as_array()
                     .into_iter()
                     .flatten()
-                    .any(|n| n.as_str() == Some(name));
+                    .any(|n| n.as_str() == Some(name))
+                || report["held"].get(name.as_str()).is_some();
             (records.iter().map(record_json).collect(), known)
         }
         Ok(Source::Remote(base)) => {
@@ -788,7 +797,7 @@ pub fn history(
             }
         }
     };
-    if records.is_empty() && !known {
+    if records.is_empty() && !known && renames.is_empty() {
         eprintln!(
             "calld history: no spec or run named `{name}` (see `calld status` for the names)"
         );
@@ -797,9 +806,24 @@ pub fn history(
     let mut out = std::io::stdout().lock();
     match format {
         Format::Json => {
-            let _ = writeln!(out, "{}", json!({ "spec": name, "runs": records }));
+            let _ = writeln!(
+                out,
+                "{}",
+                json!({ "spec": name, "runs": records, "renamedFrom": renames })
+            );
         }
         _ => {
+            for r in &renames {
+                let _ = writeln!(
+                    out,
+                    "renamed from `{}` to `{}` at {} (same revision {}): the runs below include those of `{}`",
+                    r.from,
+                    r.to,
+                    short_time(&r.at),
+                    r.revision.get(..12).unwrap_or(&r.revision),
+                    r.from
+                );
+            }
             if records.is_empty() {
                 let _ = writeln!(out, "no runs recorded for `{name}` yet");
                 return 0;
@@ -854,11 +878,13 @@ pub fn history_text(records: &[Json]) -> String {
         } else {
             "  (trigger)"
         };
+        let revision = r["revision"].as_str().unwrap_or("");
         writeln!(
             out,
-            "run {}  scheduled {}  {outcome}{trigger}",
+            "run {}  scheduled {}  {outcome}{trigger}  revision {}",
             r["id"].as_str().unwrap_or(""),
             json_time(&r["scheduledAt"]),
+            revision.get(..12).unwrap_or(revision),
         )
         .ok();
         if let Some(reason) = r["reason"].as_str() {

@@ -44,7 +44,8 @@ fn check_invariants(bytes: &[u8]) {
             false,
         );
         assert!(req.body.is_object());
-        assert_eq!(calld::spec::render::revision(spec), spec.revision);
+        assert_eq!(spec.revision.len(), 64);
+        let _ = calld::spec::render::legacy_revision(spec);
         let _ = calld::spec::render::body_for_run(spec, "run-1");
         let plan = calld::plan::plan_spec(spec, from, 3, &out.diagnostics);
         assert_eq!(plan.name, spec.name);

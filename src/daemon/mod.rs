@@ -13,6 +13,7 @@
 //! before its create request leaves; the ledger refuses to mark a run twice,
 //! and a run left `requesting` by a crash becomes `unknown`, never re-sent.
 
+mod identity;
 mod logs;
 mod setup;
 
@@ -114,6 +115,20 @@ pub(crate) struct Controller {
     /// `graph.maxConcurrentRequests` requests were in flight; the next
     /// finished request triggers the decision that places it.
     pub(crate) deferred: bool,
+    /// Run identity between snapshots (loaded from the ledger at the first
+    /// decision): [`crate::identity`].
+    identity: Option<crate::identity::Memory>,
+    /// Whether the calls directory has been read successfully once.
+    pub(crate) dir_known: bool,
+    /// The names held at the last decision, with why (for the spec report).
+    held_now: BTreeMap<String, String>,
+    /// Paths the last listing could not read (their specs are held).
+    unreadable: Vec<String>,
+    /// +1 per loaded snapshot: the identity step runs again only for a new
+    /// one (or when a mass hold ends).
+    snapshot_gen: u64,
+    /// The last identity step: (snapshot_gen, held names, wake_at).
+    identity_cache: Option<(u64, BTreeSet<String>, Option<Timestamp>)>,
 }
 
 /// How the controller loop ended.
@@ -138,6 +153,12 @@ impl Controller {
             last_status: String::new(),
             load_log: logs::LoadLog::default(),
             deferred: false,
+            identity: None,
+            dir_known: false,
+            held_now: BTreeMap::new(),
+            unreadable: Vec::new(),
+            snapshot_gen: 0,
+            identity_cache: None,
         }
     }
 
@@ -156,6 +177,18 @@ impl Controller {
             }),
             &ctx,
         );
+        if snap.root_error.is_none() {
+            self.dir_known = true;
+        }
+        self.snapshot_gen += 1;
+        self.unreadable = snap
+            .problems
+            .iter()
+            .map(|p| p.path.display().to_string())
+            .collect();
+        if let (Some(e), false) = (&snap.root_error, self.dir_known) {
+            tracing::warn!(error = %e, "the calls directory has never been read: nothing is placed or canceled from the ledger's planned runs until it is (retrying every second)");
+        }
         if let Some(e) = &snap.root_error {
             set.diagnostics.push(crate::spec::Diagnostic::new(
                 &self.rt.calls_dir.display().to_string(),
@@ -175,10 +208,30 @@ impl Controller {
         self.write_specs_report();
     }
 
+    /// Why the loaded specs are not all valid, if they are not (`--once`
+    /// exits 1 then).
+    pub(crate) fn invalid_report(&self) -> Option<String> {
+        let errors = self.specs.error_count();
+        (errors > 0).then(|| {
+            let first = self
+                .specs
+                .diagnostics
+                .iter()
+                .find(|d| d.is_error())
+                .map(|d| format!(": first: {d}"))
+                .unwrap_or_default();
+            format!(
+                "{errors} error(s) in {} invalid spec file(s){first}",
+                self.specs.invalid_files.len()
+            )
+        })
+    }
+
     /// `<stateDir>/specs.json`: the daemon's view of the calls directory,
     /// read by `calld status` (written atomically).
     fn write_specs_report(&self) {
-        let report = specs_report(&self.specs);
+        let mut report = specs_report(&self.specs);
+        report["held"] = json!(self.held_now);
         *self.rt.specs_json.lock().unwrap_or_else(|p| p.into_inner()) = report.clone();
         let path = self.rt.state_dir.join(SPECS_REPORT);
         let tmp = self.rt.state_dir.join(format!(".{SPECS_REPORT}.tmp"));
@@ -194,7 +247,7 @@ impl Controller {
     pub(crate) async fn decide(&mut self) -> anyhow::Result<Option<Timestamp>> {
         let now = crate::clock::now();
         self.deferred = false;
-        let (runs, progress, latest, last_slots) = with_ledger(&self.rt.ledger, |l| {
+        let read = |l: &mut SqliteLedger| {
             let runs = l.open_runs()?;
             let progress = l.open_run_progress()?;
             let latest: BTreeMap<String, Run> = l
@@ -204,10 +257,16 @@ impl Controller {
                 .collect();
             let last_slots = l.last_slots()?;
             Ok((runs, progress, latest, last_slots))
-        })
-        .await?;
+        };
+        let (mut runs, mut progress, mut latest, mut last_slots) =
+            with_ledger(&self.rt.ledger, read).await?;
+        // Renames, held names, upgrades: before the decision (docs/runs.md).
+        let ident = self.identity_step(now, &runs, &latest, &last_slots).await?;
+        if ident.ledger_changed {
+            (runs, progress, latest, last_slots) = with_ledger(&self.rt.ledger, read).await?;
+            self.write_specs_report();
+        }
         // A run whose request task is running is in flight whatever the ledger says.
-        let mut progress = progress;
         for id in &self.in_flight {
             progress.entry(id.clone()).or_default().in_flight = true;
         }
@@ -217,7 +276,7 @@ impl Controller {
         let input = reconcile::Input {
             now,
             specs: &self.specs.specs,
-            held: &self.specs.invalid_names,
+            held: &ident.held,
             runs: &runs,
             progress: &progress,
             latest: &latest,
@@ -250,7 +309,11 @@ impl Controller {
             }
         }
         self.update_status(&runs);
-        Ok(decision.wake_at)
+        let wake = match (decision.wake_at, ident.wake_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Ok(wake)
     }
 
     /// The token's roles (live mode), to refuse a spec whose permission is

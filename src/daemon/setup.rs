@@ -305,7 +305,11 @@ async fn run_async(
 
     // The calls directory.
     let source_dir = calls_dir.clone();
-    let source_opts = SourceOptions::from_config(&config.daemon);
+    let source_opts = SourceOptions {
+        // `--once` acts on its first snapshot only: read what is there
+        hold_recent_at_start: !args.once,
+        ..SourceOptions::from_config(&config.daemon)
+    };
     let (source_guard, mut snapshots) =
         tokio::task::spawn_blocking(move || watch_dir(source_dir, source_opts))
             .await
@@ -341,7 +345,18 @@ async fn run_async(
     };
     let mut controller = Controller::new(rt, events_tx);
     let first = snapshots.borrow_and_update().clone();
+    if let (Some(e), true) = (&first.root_error, once.is_some()) {
+        // a CI job with a path typo must not pass
+        eprintln!("calld run --once: {e}");
+        return Ok(2);
+    }
     controller.load_snapshot(&first);
+    let invalid_at_start = controller.invalid_report();
+    admin_state.set_not_ready_reason(if controller.dir_known {
+        "starting"
+    } else {
+        "the calls directory has not been read yet (missing or unreadable); nothing is placed or canceled until it is"
+    });
     // systemd: the first full load is done and the ledger is open.
     let _ = notifier.ready();
     let mut ready = false;
@@ -369,7 +384,11 @@ async fn run_async(
             &callback_stats.snapshot(),
             &mut listener_counts,
         );
-        if !ready && (sandbox || controller.rt.client.tokens().token().await.is_ok()) {
+        if !ready && !controller.dir_known {
+            admin_state.set_not_ready_reason(
+                "the calls directory has not been read yet (missing or unreadable); nothing is placed or canceled until it is",
+            );
+        } else if !ready && (sandbox || controller.rt.client.tokens().token().await.is_ok()) {
             // /readyz: loaded, ledger open, and a token obtained (or sandbox)
             ready = true;
             admin_state.set_ready(true);
@@ -495,10 +514,18 @@ async fn run_async(
         let _ = t.await;
     }
     drop(source_guard);
+    let exit_kind_once = !matches!(exit, Exit::Signal);
     let code = match exit {
         Exit::Signal => 0,
         Exit::Once(runs) => print_once(&runs, false),
         Exit::OnceTimeout(runs) => print_once(&runs, true),
+    };
+    let code = match (&exit_kind_once, invalid_at_start) {
+        (true, Some(why)) => {
+            eprintln!("calld run --once: {why}");
+            code.max(1)
+        }
+        _ => code,
     };
     tracing::info!("stopped");
     Ok(code)

@@ -43,7 +43,7 @@ use std::str::FromStr;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-pub use sqlite::{LEDGER_FILE, SCHEMA_VERSION, SqliteLedger};
+pub use sqlite::{LEDGER_FILE, RenameRecord, SCHEMA_VERSION, SqliteLedger};
 
 /// Defines a string-valued enum with `as_str`, `Display`, `FromStr` and serde
 /// (all using the same camelCase names).

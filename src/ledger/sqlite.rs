@@ -12,6 +12,9 @@ use rusqlite::{
     params,
 };
 
+mod identity;
+pub use identity::RenameRecord;
+
 use super::rules::{self, NotificationEffect, Placed, Refusal, RunView};
 use super::{
     Attempt, AttemptResult, CallState, CallStateRecord, CallStateUpdate, Disposition, Finish,

@@ -1,7 +1,7 @@
 //! One full scan of a calls directory, with a cache of stat keys so that a
 //! rescan where nothing changed reads no file.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -68,6 +68,10 @@ pub struct ScanStats {
     pub racy_files: usize,
     /// Wall time of the scan.
     pub elapsed: Duration,
+    /// Files not read yet because they are being written (modified but not
+    /// closed, or changed while read): their last complete content stays
+    /// in the snapshot (docs/watching.md, "Half-written files").
+    pub unsettled_files: usize,
 }
 
 /// The complete set of spec files of a calls directory at one moment.
@@ -168,6 +172,17 @@ pub struct Scanner {
     last: Option<Arc<Snapshot>>,
     /// The canonical calls directory at the last scan.
     canonical_root: Option<PathBuf>,
+    /// Files being written (absolute paths as events name them): not read
+    /// until they settle. Set by the watcher before each scan.
+    unsettled: HashSet<PathBuf>,
+    /// Whether a file that changes while it is read is held (the watcher's
+    /// scanner; `check` and `--once` read what is there).
+    hold_changing: bool,
+    /// Files seen changing during the last scan's read.
+    changed_during_read: Vec<PathBuf>,
+    /// Next scan only: a file modified this recently is treated as being
+    /// written (no event has told whether it was closed yet).
+    hold_recent: Option<Duration>,
 }
 
 impl Scanner {
@@ -177,7 +192,42 @@ impl Scanner {
             cache: HashMap::new(),
             last: None,
             canonical_root: None,
+            unsettled: HashSet::new(),
+            hold_changing: false,
+            changed_during_read: Vec::new(),
+            hold_recent: None,
         }
+    }
+
+    /// For the next scan only: files modified within `window` before it
+    /// are held as being written (they are reported by
+    /// [`Scanner::take_changed_during_read`]). The watcher's first scan uses
+    /// it: no event has said yet whether those files were closed.
+    pub fn hold_recent_once(&mut self, window: Duration) {
+        self.hold_recent = Some(window);
+    }
+
+    /// The files being written (not closed yet): their previous content is
+    /// kept until they settle. Turns on holding files that change while
+    /// they are read.
+    pub fn set_unsettled(&mut self, paths: HashSet<PathBuf>) {
+        self.unsettled = paths;
+        self.hold_changing = true;
+    }
+
+    /// The files that changed while the last scan read them (look again
+    /// once they are quiet).
+    pub fn take_changed_during_read(&mut self) -> Vec<PathBuf> {
+        std::mem::take(&mut self.changed_during_read)
+    }
+
+    fn is_unsettled(&self, file: &crate::spec::files::SpecFile) -> bool {
+        !self.unsettled.is_empty()
+            && (self.unsettled.contains(&file.path)
+                || self
+                    .canonical_root
+                    .as_ref()
+                    .is_some_and(|r| self.unsettled.contains(&r.join(&file.rel))))
     }
 
     /// The calls directory as configured.
@@ -214,6 +264,7 @@ impl Scanner {
 
         let mut files = BTreeMap::new();
         let mut seen = HashMap::with_capacity(listed.len());
+        let hold_recent = self.hold_recent.take();
         for file in listed {
             let meta = match std::fs::metadata(&file.path) {
                 Ok(m) => Ok(m),
@@ -222,17 +273,66 @@ impl Scanner {
                 Err(e) => Err(e),
             };
             let key = meta.as_ref().ok().map(StatKey::of);
-            let reuse = match (self.cache.remove(&file.rel), key) {
-                (Some(c), Some(k)) if c.key == Some(k) && !c.racy => Some(c),
-                _ => None,
+            let old = self.cache.remove(&file.rel);
+            let reuse = match (old, key) {
+                (Some(c), Some(k)) if c.key == Some(k) && !c.racy => Ok(c),
+                (old, _) => Err(old),
             };
             let cached = match reuse {
-                Some(c) => c,
-                None => {
+                Ok(c) => c,
+                // being written: keep the last complete content (read again
+                // once it settles); a file not read before is held
+                Err(old) if self.is_unsettled(&file) => {
+                    stats.unsettled_files += 1;
+                    match old {
+                        Some(mut c) => {
+                            c.key = None;
+                            c
+                        }
+                        None => being_written(),
+                    }
+                }
+                Err(None)
+                    if hold_recent.is_some_and(|w| {
+                        meta.as_ref()
+                            .ok()
+                            .and_then(|m| m.modified().ok())
+                            .is_some_and(|t| t + w > scan_start)
+                    }) =>
+                {
+                    stats.unsettled_files += 1;
+                    self.changed_during_read.push(file.path.clone());
+                    being_written()
+                }
+                Err(old) => {
                     let content = match &meta {
                         Ok(m) => read_limited(&file.path, m.len()),
                         Err(e) => Err(format!("cannot stat: {e}")),
                     };
+                    let after = std::fs::metadata(&file.path).ok().map(|m| StatKey::of(&m));
+                    if self.hold_changing && content.is_ok() && after != key {
+                        // changed while we read it: not complete
+                        stats.unsettled_files += 1;
+                        self.changed_during_read.push(file.path.clone());
+                        let c = match old {
+                            Some(mut c) => {
+                                c.key = None;
+                                c
+                            }
+                            None => being_written(),
+                        };
+                        files.insert(
+                            file.rel.clone(),
+                            FileSnapshot {
+                                rel: file.rel.clone(),
+                                path: file.path.clone(),
+                                content: c.content.clone(),
+                                hash: c.hash,
+                            },
+                        );
+                        seen.insert(file.rel, c);
+                        continue;
+                    }
                     stats.files_read += 1;
                     if let Ok(bytes) = &content {
                         stats.bytes_read += bytes.len() as u64;
@@ -358,6 +458,23 @@ fn read_limited(path: &Path, len: u64) -> Result<Arc<[u8]>, String> {
         return Err(too_big(bytes.len() as u64));
     }
     Ok(bytes.into())
+}
+
+/// What a snapshot holds for a file seen for the first time while it is
+/// still being written: an error, so the specs its path names are held
+/// (not taken as deleted) until it is read complete.
+pub const BEING_WRITTEN: &str =
+    "still being written (modified, not closed yet): read once it has been quiet for daemon.settle";
+
+fn being_written() -> Cached {
+    let content = Err(BEING_WRITTEN.to_string());
+    Cached {
+        key: None,
+        racy: false,
+        hash: hash_content(&content),
+        content,
+        link_dir: None,
+    }
 }
 
 fn hash_content(content: &Result<Arc<[u8]>, String>) -> [u8; 32] {

@@ -1,6 +1,6 @@
 //! The watcher thread: notify events → dirty → debounced rescan → snapshot.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,6 +47,14 @@ pub struct SourceOptions {
     pub poll_interval: Duration,
     /// Which watcher to use (default: inotify, polling as a fallback).
     pub backend: WatchBackend,
+    /// A file modified but not closed is read once it has been quiet this
+    /// long (`daemon.settle`, default 1 s).
+    pub settle: Duration,
+    /// The first scan holds files modified within `settle` before it (no
+    /// event says whether they were closed). On for the daemon
+    /// ([`SourceOptions::from_config`]); off for `run --once`, whose first
+    /// snapshot is its only one, and by default.
+    pub hold_recent_at_start: bool,
 }
 
 impl Default for SourceOptions {
@@ -57,6 +65,8 @@ impl Default for SourceOptions {
             max_delay: Duration::from_secs(2),
             poll_interval: Duration::from_secs(2),
             backend: WatchBackend::Auto,
+            settle: Duration::from_secs(1),
+            hold_recent_at_start: false,
         }
     }
 }
@@ -67,6 +77,8 @@ impl SourceOptions {
         SourceOptions {
             debounce: daemon.debounce,
             resync_interval: daemon.resync_interval,
+            settle: daemon.settle,
+            hold_recent_at_start: true,
             ..SourceOptions::default()
         }
     }
@@ -87,8 +99,9 @@ impl SourceOptions {
 /// What the notify side tells the watcher thread.
 #[derive(Debug)]
 enum Msg {
-    /// Something changed (any event, including a rescan flag).
-    Dirty,
+    /// Something changed (any event, including a rescan flag), with what
+    /// the events say about files being written (see [`writes_of`]).
+    Dirty(Vec<(PathBuf, Write)>),
     /// The watcher reported an error; rescan to be safe.
     WatcherError(String),
     /// Out of inotify watches or instances: switch to polling.
@@ -107,7 +120,7 @@ fn classify(result: DebounceEventResult) -> Option<Msg> {
         Ok(events) => events
             .iter()
             .any(|e| e.need_rescan() || may_change(&e.kind))
-            .then_some(Msg::Dirty),
+            .then(|| Msg::Dirty(writes_of(&events))),
         Err(errors) => {
             if let Some(e) = errors.iter().find(|e| is_watch_limit(e)) {
                 return Some(Msg::WatchLimit(e.to_string()));
@@ -116,6 +129,40 @@ fn classify(result: DebounceEventResult) -> Option<Msg> {
             Some(Msg::WatcherError(text.join("; ")))
         }
     }
+}
+
+/// What an event says about a file's write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Write {
+    /// Created or modified: may be half-written until closed.
+    Open,
+    /// Closed after writing (`IN_CLOSE_WRITE`), renamed into place, or
+    /// removed: complete (or gone), read at once.
+    Done,
+}
+
+/// Per file, in event order, whether it is being written or done. Only a
+/// speed-up: a file never closed (a poll watcher, `truncate`) settles after
+/// `daemon.settle` without events.
+fn writes_of(events: &[notify_debouncer_full::DebouncedEvent]) -> Vec<(PathBuf, Write)> {
+    use notify::event::{ModifyKind, RenameMode};
+    let mut out = Vec::new();
+    for e in events {
+        let write = match &e.kind {
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => Write::Done,
+            EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both)) => Write::Done,
+            EventKind::Remove(_) => Write::Done,
+            EventKind::Create(_)
+            | EventKind::Modify(ModifyKind::Data(_))
+            | EventKind::Modify(ModifyKind::Any) => Write::Open,
+            _ => continue,
+        };
+        // a rename names the old path first: the new one is the file now
+        for p in &e.paths {
+            out.push((p.clone(), write));
+        }
+    }
+    out
 }
 
 fn may_change(kind: &EventKind) -> bool {
@@ -325,6 +372,9 @@ struct Source {
     msg_tx: mpsc::Sender<Msg>,
     /// Shared with the guard: whether we poll.
     polling: Arc<AtomicBool>,
+    /// Files being written (modified, not closed yet), with their latest
+    /// change: held until closed or quiet for `settle`.
+    writing: HashMap<PathBuf, Instant>,
 }
 
 impl Source {
@@ -381,7 +431,20 @@ impl Source {
     fn rescan(&mut self) -> Arc<Snapshot> {
         let started = Instant::now();
         self.pacer.scan_started(started);
+        // files being written: quiet for `settle` counts as done
+        let settle = self.opts.settle;
+        self.writing
+            .retain(|_, at| started.duration_since(*at) < settle);
+        self.scanner
+            .set_unsettled(self.writing.keys().cloned().collect());
         let snapshot = self.scanner.scan();
+        let now = Instant::now();
+        for p in self.scanner.take_changed_during_read() {
+            self.writing.insert(p, now);
+        }
+        if let Some(first) = self.writing.values().min() {
+            self.pacer.follow_up(*first + settle);
+        }
         if self.sync_watches() {
             self.pacer.follow_up(Instant::now() + self.opts.quiet());
         }
@@ -408,7 +471,12 @@ impl Source {
             "rescan"
         );
         if let (true, Some(e)) = (snapshot.changed, &snapshot.root_error) {
-            tracing::warn!(error = %e, "calls directory unreadable; keeping the last known specs");
+            if snapshot.files.is_empty() && snapshot.generation == 1 {
+                // nothing known yet: the daemon holds everything (docs/runs.md)
+                tracing::warn!(error = %e, "calls directory not readable yet; retrying every second");
+            } else {
+                tracing::warn!(error = %e, "calls directory unreadable; keeping the last known specs");
+            }
         }
         snapshot
     }
@@ -429,7 +497,20 @@ impl Source {
                 .saturating_duration_since(now)
                 .min(CHECK_CLOSED_EVERY);
             match rx.recv_timeout(wait) {
-                Ok(Msg::Dirty) => self.pacer.event(Instant::now()),
+                Ok(Msg::Dirty(writes)) => {
+                    let now = Instant::now();
+                    for (path, w) in writes {
+                        match w {
+                            Write::Open => {
+                                self.writing.insert(path, now);
+                            }
+                            Write::Done => {
+                                self.writing.remove(&path);
+                            }
+                        }
+                    }
+                    self.pacer.event(now);
+                }
                 Ok(Msg::WatcherError(e)) => {
                     tracing::warn!(error = %e, "watcher error; rescanning");
                     self.pacer.event(Instant::now());
@@ -548,11 +629,15 @@ pub fn watch(
         watches: WatchSet::default(),
         msg_tx: msg_tx.clone(),
         polling: polling.clone(),
+        writing: HashMap::new(),
         opts,
     };
 
     // Watch first, then scan: a change made during the first scan is an event.
     source.watches_before_first_scan();
+    if source.opts.hold_recent_at_start && !source.opts.settle.is_zero() {
+        source.scanner.hold_recent_once(source.opts.settle);
+    }
     let first = source.rescan();
     tracing::info!(
         dir = %first.dir.display(),
@@ -598,6 +683,50 @@ mod tests {
     }
 
     #[test]
+    fn writes_say_open_until_closed_renamed_in_or_removed() {
+        use notify::event::{CreateKind, DataChange, ModifyKind, RemoveKind, RenameMode};
+        let at = |kind: EventKind, paths: &[&str]| {
+            let mut e = Event::new(kind);
+            for p in paths {
+                e = e.add_path(PathBuf::from(p));
+            }
+            DebouncedEvent::new(e, Instant::now())
+        };
+        let events = vec![
+            at(EventKind::Create(CreateKind::File), &["/c/a.yaml"]),
+            at(
+                EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+                &["/c/a.yaml"],
+            ),
+            at(
+                EventKind::Access(AccessKind::Close(AccessMode::Write)),
+                &["/c/b.yaml"],
+            ),
+            at(
+                EventKind::Modify(ModifyKind::Name(RenameMode::Both)),
+                &["/c/x.tmp", "/c/d.yaml"],
+            ),
+            at(EventKind::Remove(RemoveKind::File), &["/c/e.yaml"]),
+            at(
+                EventKind::Access(AccessKind::Open(AccessMode::Any)),
+                &["/c/f.yaml"],
+            ),
+        ];
+        let w = writes_of(&events);
+        let of = |p: &str| {
+            w.iter()
+                .rev()
+                .find(|(q, _)| q == Path::new(p))
+                .map(|(_, w)| *w)
+        };
+        assert_eq!(of("/c/a.yaml"), Some(Write::Open));
+        assert_eq!(of("/c/b.yaml"), Some(Write::Done));
+        assert_eq!(of("/c/d.yaml"), Some(Write::Done));
+        assert_eq!(of("/c/e.yaml"), Some(Write::Done));
+        assert_eq!(of("/c/f.yaml"), None);
+    }
+
+    #[test]
     fn reads_by_our_own_rescans_are_not_changes() {
         let opens = vec![
             ev(EventKind::Access(AccessKind::Open(AccessMode::Any))),
@@ -618,7 +747,7 @@ mod tests {
             EventKind::Any,
         ] {
             assert!(
-                matches!(classify(Ok(vec![ev(kind)])), Some(Msg::Dirty)),
+                matches!(classify(Ok(vec![ev(kind)])), Some(Msg::Dirty(_))),
                 "{kind:?}"
             );
         }
@@ -628,7 +757,7 @@ mod tests {
     fn overflow_marks_dirty() {
         let overflow = Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan);
         let e = DebouncedEvent::new(overflow, Instant::now());
-        assert!(matches!(classify(Ok(vec![e])), Some(Msg::Dirty)));
+        assert!(matches!(classify(Ok(vec![e])), Some(Msg::Dirty(_))));
     }
 
     #[test]

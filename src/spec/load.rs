@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::diag::{Diagnostic, Severity};
 use super::files::MAX_SPEC_FILE_BYTES;
 use super::model::Spec;
-use super::validate::{Checker, Context, validate_document};
+use super::validate::{Checker, Context, check_name, normal_name, validate_document};
 use super::yaml::{Pos, Value, parse_documents};
 
 /// What one file gave.
@@ -97,8 +97,7 @@ pub fn load_file(label: &str, rel: &str, bytes: &[u8], ctx: &Context) -> FileLoa
                 MAX_SPEC_FILE_BYTES / 1024
             ),
         );
-        out.diagnostics = ck.diags;
-        return out;
+        return held_whole(out, ck, rel);
     }
     if let Some(nul) = bytes.iter().position(|b| *b == 0) {
         ck.error(
@@ -106,8 +105,7 @@ pub fn load_file(label: &str, rel: &str, bytes: &[u8], ctx: &Context) -> FileLoa
             "",
             "this is a binary file, not YAML: remove it from the calls directory",
         );
-        out.diagnostics = ck.diags;
-        return out;
+        return held_whole(out, ck, rel);
     }
     let text = match std::str::from_utf8(bytes) {
         Ok(t) => t,
@@ -117,8 +115,7 @@ pub fn load_file(label: &str, rel: &str, bytes: &[u8], ctx: &Context) -> FileLoa
                 "",
                 "the file is not UTF-8: save it as UTF-8",
             );
-            out.diagnostics = ck.diags;
-            return out;
+            return held_whole(out, ck, rel);
         }
     };
     let docs = match parse_documents(text) {
@@ -126,8 +123,7 @@ pub fn load_file(label: &str, rel: &str, bytes: &[u8], ctx: &Context) -> FileLoa
         Err(e) => {
             let pos = if e.pos.line == 0 { START } else { e.pos };
             ck.error(pos, "", yaml_message(text, pos, &e.message));
-            out.diagnostics = ck.diags;
-            return out;
+            return held_whole(out, ck, rel);
         }
     };
     let docs: Vec<_> = docs.into_iter().flatten().collect();
@@ -137,8 +133,7 @@ pub fn load_file(label: &str, rel: &str, bytes: &[u8], ctx: &Context) -> FileLoa
             "",
             "the file holds no call spec: write one, or remove the file",
         );
-        out.diagnostics = ck.diags;
-        return out;
+        return held_whole(out, ck, rel);
     }
     let single = docs.len() == 1;
     for doc in &docs {
@@ -149,13 +144,13 @@ pub fn load_file(label: &str, rel: &str, bytes: &[u8], ctx: &Context) -> FileLoa
                     .iter()
                     .find(|(k, _)| k.name == "name")
                     .and_then(|(_, v)| match &v.value {
-                        Value::String(s) => Some(s.clone()),
+                        Value::String(s) => Some(normal_name(s)),
                         _ => None,
                     })
             }
             _ => None,
         };
-        let name = explicit_name.or_else(|| single.then(|| default_name(rel).to_string()));
+        let name = explicit_name.or_else(|| single.then(|| normal_name(default_name(rel))));
         let spec = validate_document(&mut ck, doc, single.then(|| default_name(rel)), ctx);
         for d in &mut ck.diags[before..] {
             d.spec = name.clone();
@@ -171,6 +166,27 @@ pub fn load_file(label: &str, rel: &str, bytes: &[u8], ctx: &Context) -> FileLoa
     }
     out.diagnostics = ck.diags;
     out
+}
+
+/// A file that could not be read as documents at all (size, NUL bytes,
+/// encoding, YAML syntax, no document): it still names the spec its path
+/// gives, whose runs are held, not canceled (the daemon also holds every
+/// spec the file held before, under their names).
+fn held_whole(mut out: FileLoad, ck: Checker, rel: &str) -> FileLoad {
+    out.diagnostics = ck.diags;
+    if let Some(n) = held_default_name(rel) {
+        for d in &mut out.diagnostics {
+            d.spec.get_or_insert_with(|| n.clone());
+        }
+        out.invalid_names.insert(n);
+    }
+    out
+}
+
+/// The default name of a file, as a held name (if it is a valid name).
+fn held_default_name(rel: &str) -> Option<String> {
+    let d = default_name(rel);
+    check_name(d).ok().map(|()| normal_name(d))
 }
 
 /// serde-saphyr's message, with a hint for the mistakes people make.
@@ -245,8 +261,7 @@ impl SetBuilder {
                     format!("cannot read: {e}"),
                 ));
                 // a file we cannot read still names a spec whose runs are held
-                load.invalid_names
-                    .insert(default_name(&input.rel).to_string());
+                load.invalid_names.extend(held_default_name(&input.rel));
                 load
             }
         };

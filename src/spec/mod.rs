@@ -13,6 +13,7 @@ pub mod joinurl;
 pub mod load;
 pub mod model;
 pub mod render;
+pub mod revision;
 pub mod schema;
 pub mod validate;
 pub mod yaml;

@@ -179,10 +179,12 @@ pub fn body_for_run(spec: &Spec, run_id: &str) -> Json {
     b
 }
 
-/// Hex SHA-256 over the normalised content that changes the call or its
-/// timing: the body (keys sorted), the schedule, retry and hangupAfter.
-/// Comments, key order, `description` and `suspend` do not change it.
-pub fn revision(spec: &Spec) -> String {
+/// The revision as calld computed it before version 2 of the revision
+/// format: SHA-256 over the rendered body (configuration values included),
+/// the schedule, retry and hangupAfter. Only used to recognise ledger rows
+/// written by an older calld (docs/runs.md, "Upgrading"); a spec's revision
+/// is [`super::revision::of_document`].
+pub fn legacy_revision(spec: &Spec) -> String {
     let schedule = spec.schedule.as_ref().map(|s| {
         json!({
             "trigger": match &s.trigger {

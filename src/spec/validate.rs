@@ -521,14 +521,28 @@ pub(crate) fn validate_document(
         Some(n) => ck
             .non_empty_string(n, "name")
             .and_then(|s| match check_name(&s) {
-                Ok(()) => Some(s),
+                Ok(()) => Some(normal_name(&s)),
                 Err(e) => {
                     ck.error(n.pos, "name", e);
                     None
                 }
             }),
         None => match default_name {
-            Some(d) => Some(d.to_string()),
+            // a name taken from the file's path obeys the same rule
+            Some(d) => match check_name(d) {
+                Ok(()) => Some(normal_name(d)),
+                Err(e) => {
+                    ck.error(
+                        doc.pos,
+                        "name",
+                        format!(
+                            "the file's path gives the spec name {d:?}, which is refused: {e}; \
+                             rename the file or set `name:`"
+                        ),
+                    );
+                    None
+                }
+            },
             None => {
                 ck.error(
                     doc.pos,
@@ -746,7 +760,7 @@ pub(crate) fn validate_document(
             return None;
         }
     }
-    spec.revision = super::render::revision(&spec);
+    spec.revision = super::revision::of_document(doc);
     Some(spec)
 }
 
@@ -879,18 +893,35 @@ fn check_after_patch(ck: &mut Checker, spec: &Spec, graph: &Node, graph_key: Pos
     }
 }
 
-/// Spec names: printable, no surrounding spaces, at most 200 characters.
-fn check_name(name: &str) -> Result<(), String> {
+/// Spec names, wherever they come from (`name:` or the file's path):
+/// printable on one line, no surrounding spaces, at most 200 characters.
+/// Names are compared after Unicode NFC normalisation ([`normal_name`]).
+pub fn check_name(name: &str) -> Result<(), String> {
     if name.trim() != name {
         return Err("a name must not start or end with spaces".into());
     }
     if name.chars().any(char::is_control) {
-        return Err("a name must not contain control characters".into());
+        return Err(
+            "a name must not contain control characters (a name is shown on one line)".into(),
+        );
+    }
+    // line and paragraph separators, and marks that reorder the line
+    if name.chars().any(|c| {
+        matches!(c, '\u{2028}' | '\u{2029}' | '\u{85}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    }) {
+        return Err("a name must not contain line separators or direction marks (a name is shown on one line)".into());
     }
     if name.chars().count() > 200 {
         return Err("a name must be at most 200 characters".into());
     }
     Ok(())
+}
+
+/// A name as calld compares and stores it: Unicode NFC, so `café` typed
+/// with a combining accent and with a precomposed one is one name.
+pub fn normal_name(name: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    name.nfc().collect()
 }
 
 /// Converts configuration JSON (`defaults.source`) into a node to validate

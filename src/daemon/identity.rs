@@ -1,0 +1,174 @@
+//! The daemon's side of [`crate::identity`]: runs the pure step before each
+//! decision, applies renames and re-keys to the ledger, keeps the memory
+//! (persisted in the ledger) and logs what it means.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use jiff::Timestamp;
+
+use super::{Controller, with_ledger};
+use crate::identity::{self, Memory};
+use crate::ledger::Run;
+
+/// What the identity step leaves for the decision.
+pub(crate) struct IdentityView {
+    /// Names whose runs are held.
+    pub held: BTreeSet<String>,
+    /// When a mass hold ends.
+    pub wake_at: Option<Timestamp>,
+    /// Whether the ledger changed (renames, re-keys): read it again.
+    pub ledger_changed: bool,
+}
+
+impl Controller {
+    /// One identity step over the current snapshot and ledger state.
+    pub(crate) async fn identity_step(
+        &mut self,
+        now: Timestamp,
+        runs: &[Run],
+        latest: &BTreeMap<String, Run>,
+        last_slots: &BTreeMap<String, Timestamp>,
+    ) -> anyhow::Result<IdentityView> {
+        // Only a new snapshot (or the end of a mass hold) changes the step.
+        if let Some((generation, held, wake_at)) = &self.identity_cache
+            && *generation == self.snapshot_gen
+            && wake_at.is_none_or(|w| now < w)
+        {
+            return Ok(IdentityView {
+                held: held.clone(),
+                wake_at: *wake_at,
+                ledger_changed: false,
+            });
+        }
+        if self.identity.is_none() {
+            let known = with_ledger(&self.rt.ledger, |l| l.known_specs()).await?;
+            self.identity = Some(Memory {
+                known,
+                vanished: BTreeMap::new(),
+            });
+        }
+        let memory = self.identity.clone().unwrap_or_default();
+        let input = identity::Input {
+            now,
+            specs: &self.specs.specs,
+            invalid_names: &self.specs.invalid_names,
+            invalid_files: &self.specs.invalid_files,
+            dir_known: self.dir_known,
+            unreadable: &self.unreadable,
+            runs,
+            latest,
+            last_slots,
+            prune_after: self.rt.config.daemon.prune_after,
+        };
+        let step = identity::step(&memory, &input);
+        let mut changed = false;
+        for r in &step.renames {
+            let (from, to, rev) = (r.from.clone(), r.to.clone(), r.revision.clone());
+            match with_ledger(&self.rt.ledger, move |l| {
+                l.rename_spec(&from, &to, &rev, now)
+            })
+            .await
+            {
+                Ok(Some(n)) => {
+                    changed = true;
+                    tracing::info!(from = %r.from, to = %r.to, runs = n, "spec renamed: its runs and history move to the new name; nothing is placed again");
+                }
+                Ok(None) => {
+                    tracing::warn!(from = %r.from, to = %r.to, "spec looks renamed, but the new name has runs already: histories are not merged")
+                }
+                Err(e) => {
+                    tracing::warn!(from = %r.from, to = %r.to, error = %e, "cannot record a rename")
+                }
+            }
+        }
+        for a in &step.adopt {
+            let (spec, from, to) = (a.spec.clone(), a.from.clone(), a.to.clone());
+            match with_ledger(&self.rt.ledger, move |l| {
+                l.adopt_revision(&spec, &from, &to)
+            })
+            .await
+            {
+                Ok(true) => {
+                    changed = true;
+                    tracing::info!(spec = %a.spec, old = %a.from, new = %a.to, "run recorded under the old revision format kept as this revision's run (upgrade)");
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(spec = %a.spec, error = %e, "cannot re-key a run to the new revision format")
+                }
+            }
+        }
+        if let Some(m) = &step.mass {
+            tracing::error!(
+                vanished = m.vanished,
+                known = m.known,
+                prune_at = %m.prune_at,
+                "MASS DISAPPEARANCE: {} of {} specs vanished at once (a bad commit, an unmounted volume?); their runs are HELD, not canceled, until {} (daemon.pruneAfter); restore the files, or set daemon.pruneAfter: 0s and send SIGHUP to confirm the removal now",
+                m.vanished,
+                m.known,
+                m.prune_at
+            );
+        }
+        if !step.pruned.is_empty() {
+            tracing::warn!(
+                specs = step.pruned.len(),
+                "specs gone for daemon.pruneAfter are removed now: their planned runs are canceled"
+            );
+        }
+        if self.dir_known && step.memory.known != memory.known {
+            let (before, after) = (memory.known.clone(), step.memory.known.clone());
+            if let Err(e) =
+                with_ledger(&self.rt.ledger, move |l| l.save_known(&before, &after)).await
+            {
+                tracing::warn!(error = %e, "cannot save the known specs");
+            }
+        }
+        let why_held = held_reasons(&step, &self.specs, self.dir_known);
+        self.identity = Some(step.memory);
+        if why_held != self.held_now {
+            self.held_now = why_held;
+            self.write_specs_report();
+        }
+        self.identity_cache = Some((self.snapshot_gen, step.held.clone(), step.wake_at));
+        Ok(IdentityView {
+            held: step.held,
+            wake_at: step.wake_at,
+            ledger_changed: changed,
+        })
+    }
+}
+
+/// Why each held name is held, for `calld status` and `/v1/specs`.
+fn held_reasons(
+    step: &identity::Step,
+    set: &crate::spec::SpecSet,
+    dir_known: bool,
+) -> BTreeMap<String, String> {
+    step.held
+        .iter()
+        .map(|name| {
+            let file = step.memory.known.get(name).map(|k| k.file.as_str());
+            let error = set
+                .diagnostics
+                .iter()
+                .filter(|d| d.is_error())
+                .find(|d| d.spec.as_deref() == Some(name.as_str()))
+                .or_else(|| {
+                    set.diagnostics
+                        .iter()
+                        .filter(|d| d.is_error())
+                        .find(|d| Some(d.file.as_str()) == file)
+                });
+            let reason = if !dir_known {
+                "the calls directory has not been read yet".to_string()
+            } else if let Some(since) = step.memory.vanished.get(name) {
+                format!("vanished with many others at {since}: held until daemon.pruneAfter passes")
+            } else if let Some(d) = error {
+                format!("{}:{}:{}: {}", d.file, d.line, d.column, d.message)
+            } else {
+                "its file has errors".to_string()
+            };
+            (name.clone(), reason)
+        })
+        .collect()
+}
