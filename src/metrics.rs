@@ -6,7 +6,7 @@
 //! | `calld_runs_total` | counter | `outcome` (SPEC 4: `completed`, `notEstablished`, ...) |
 //! | `calld_graph_requests_total` | counter | `operation`, `status` (HTTP status, or `error` when no response) |
 //! | `calld_graph_request_duration_seconds` | histogram | `operation` |
-//! | `calld_token_refreshes_total` | counter | `result` (`ok` / `error`) |
+//! | `calld_token_refreshes_total` | counter | `result` (`ok`, `transient`, `environment`) |
 //! | `calld_notifications_total` | counter | `result` (`accepted`, `unauthorized`, `tooLarge`, `invalid`, `unmatched`, ...) |
 //! | `calld_spec_files` | gauge | `state` (`valid` / `invalid`) |
 //! | `calld_watcher_rescans_total` | counter | |
@@ -257,6 +257,17 @@ impl Metrics {
         self.token_refreshes
             .get_or_create(&ResultLabels {
                 result: if ok { "ok" } else { "error" }.to_string(),
+            })
+            .inc();
+    }
+
+    /// One access-token request finished, by outcome: `ok`, `transient`
+    /// (unreachable, 5xx, throttled) or `environment` (wrong secret,
+    /// missing consent, bad certificate).
+    pub fn token_refresh_outcome(&self, result: &str) {
+        self.token_refreshes
+            .get_or_create(&ResultLabels {
+                result: result.to_string(),
             })
             .inc();
     }

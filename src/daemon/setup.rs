@@ -319,7 +319,18 @@ async fn run_async(
     let admin_state = admin_state(&metrics, &specs_json, &ledger);
     let admin_task = start_admin(&config.admin.listen, admin_state.clone(), shutdown()).await;
     let sandbox = sandbox_callback.is_some();
+    let client = Arc::new(client);
+    // The token (and its roles) is kept fresh by a task of its own: the
+    // controller never waits for the token endpoint.
+    let keeper = {
+        let metrics = metrics.clone();
+        crate::graph::keeper::TokenKeeper::spawn(client.tokens().clone(), move |outcome| {
+            metrics.token_refresh_outcome(outcome)
+        })
+    };
+    let mut token_health = keeper.subscribe();
     let rt = Runtime {
+        keeper: keeper.clone(),
         metrics,
         notifier: notifier.clone(),
         specs_json,
@@ -329,7 +340,7 @@ async fn run_async(
         state_dir,
         public_url,
         sandbox_callback,
-        client: Arc::new(client),
+        client,
         ledger: ledger.clone(),
         once,
     };
@@ -363,10 +374,17 @@ async fn run_async(
             &callback_stats.snapshot(),
             &mut listener_counts,
         );
-        if !ready && (sandbox || controller.rt.client.tokens().token().await.is_ok()) {
-            // /readyz: loaded, ledger open, and a token obtained (or sandbox)
-            ready = true;
-            admin_state.set_ready(true);
+        {
+            // /readyz: loaded, ledger open, and a token at hand (or sandbox);
+            // else why nothing is placed. Read, never awaited.
+            let health = keeper.health();
+            let now_ready = sandbox || health.ok;
+            let reason = health.problem.as_ref().map(|p| p.describe());
+            if now_ready != ready || admin_state.not_ready_reason() != reason {
+                ready = now_ready;
+                admin_state.set_ready(ready);
+                admin_state.set_not_ready_reason(if ready { None } else { reason });
+            }
         }
         if once.is_some()
             && let Some(runs) = controller.once_done().await?
@@ -420,6 +438,12 @@ async fn run_async(
                 }
                 controller.on_notifications(batch).await;
             }
+            changed = token_health.changed() => {
+                if changed.is_err() {
+                    anyhow::bail!("the token keeper stopped");
+                }
+                token_health.borrow_and_update();
+            }
             Some(event) = events_rx.recv() => {
                 controller.on_event(event).await;
                 while let Ok(more) = events_rx.try_recv() {
@@ -454,6 +478,8 @@ async fn run_async(
                     Err(e) => tracing::error!("SIGHUP: configuration not reloaded, keeping the old one: {e}"),
                 }
                 source_guard.request_rescan();
+                // try the token endpoint again now
+                keeper.kick();
                 let _ = notifier.ready();
             }
         }
@@ -559,6 +585,12 @@ fn sync_listener_counts(
         ("tooLarge", now.too_large, last.too_large),
         ("overloaded", now.overloaded, last.overloaded),
         ("other", now.other, last.other),
+        ("wrongTenant", now.wrong_tenant, last.wrong_tenant),
+        (
+            "connectionRefused",
+            now.refused_connections,
+            last.refused_connections,
+        ),
     ] {
         metrics.notifications_add(result, new.saturating_sub(old));
     }

@@ -682,6 +682,8 @@ fn notifications_about_other_calls_or_waiting_runs_are_history_only() {
 fn notice(run: Option<&str>, state: &str, call: Option<&str>) -> StateNotice {
     StateNotice {
         run_id: run.map(str::to_string),
+        attempt: None,
+        tenant_id: None,
         update: CallStateUpdate {
             state: CallState::from(state),
             call_id: call.map(str::to_string),
