@@ -289,7 +289,10 @@ impl Controller {
             }
         }
         if blocked && let Some(problem) = &health.problem {
-            self.note_waiting(&runs, &problem.describe(), now).await;
+            // the open runs, and those this decision inserted
+            let mut all: Vec<Run> = runs.clone();
+            all.extend(inserted.into_values());
+            self.note_waiting(&all, &problem.describe(), now).await;
         }
         self.update_status(&runs);
         Ok(decision.wake_at)
