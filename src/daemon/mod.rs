@@ -249,7 +249,10 @@ impl Controller {
         self.due = runs.iter().map(|r| (r.id.clone(), r.due_at)).collect();
         let health = self.rt.keeper.health();
         let granted = self.granted_roles(&health);
-        let blocked = self.rt.sandbox_callback.is_none() && health.blocked();
+        // Live mode: nothing is placed before the token keeper's first answer
+        // (the roles are checked first), nor while no token can be had.
+        let blocked =
+            self.rt.sandbox_callback.is_none() && (health.blocked() || !health.checked);
         let input = reconcile::Input {
             now,
             specs: &self.specs.specs,
@@ -301,11 +304,16 @@ impl Controller {
     /// Nothing can be placed (no token): the due `scheduled` runs say why
     /// in their reason (`waiting: token endpoint: ... since ...`), which
     /// `calld status` and `history` show.
-    async fn note_waiting(&self, runs: &[Run], why: &str, now: Timestamp) {
+    async fn note_waiting(&mut self, runs: &[Run], why: &str, now: Timestamp) {
         let note = format!("{}{why}", ledger::WAITING_PREFIX);
-        let ids: Vec<String> = runs
+        let due = runs
             .iter()
-            .filter(|r| r.state == ledger::RunState::Scheduled && r.due_at <= now)
+            .filter(|r| r.state == ledger::RunState::Scheduled && r.due_at <= now);
+        if self.rt.once.is_some() {
+            // `--once` waits for (and reports) the runs it could not place
+            self.watched.extend(due.clone().map(|r| r.id.clone()));
+        }
+        let ids: Vec<String> = due
             .filter(|r| r.reason.as_deref() != Some(note.as_str()))
             .filter(|r| {
                 r.reason

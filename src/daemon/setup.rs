@@ -366,6 +366,13 @@ async fn run_async(
     let once_deadline = once.map(|t| tokio::time::Instant::now() + t);
     let mut prune_at = tokio::time::Instant::now();
 
+    // `--once` decides once the token keeper has answered (a token, or why
+    // there is none), so that what is due is placed or reported.
+    if let Some(t) = once
+        && !sandbox
+    {
+        let _ = tokio::time::timeout(t, token_health.wait_for(|h| h.checked)).await;
+    }
     let mut listener_counts = crate::callback::CallbackCounts::default();
     let exit = loop {
         let wake = controller.decide().await?;
