@@ -35,15 +35,23 @@ fn with_no_token_a_due_run_waits_then_is_missed_with_the_last_error() {
     let mut w = World::new(vec![s]);
     w.settings.placement_blocked = true;
     let d = w.decide(now);
-    assert!(places(&d).is_empty(), "nothing placed without a token: {d:#?}");
+    assert!(
+        places(&d).is_empty(),
+        "nothing placed without a token: {d:#?}"
+    );
     w.apply(&d, now);
     let run = w.ledger.open_runs().unwrap().pop().unwrap();
     assert_eq!(run.state, RunState::Scheduled);
     // the daemon notes why
-    assert!(w
-        .ledger
-        .note_waiting(&run.id, "token endpoint: invalid_client AADSTS7000215 since 10:00", now)
-        .unwrap());
+    assert!(
+        w.ledger
+            .note_waiting(
+                &run.id,
+                "token endpoint: invalid_client AADSTS7000215 since 10:00",
+                now
+            )
+            .unwrap()
+    );
     // within the deadline: still waiting, woken at the deadline
     let d = w.decide(plus(now, mins(3)));
     assert!(places(&d).is_empty() && finishes(&d).is_empty(), "{d:#?}");
@@ -53,7 +61,12 @@ fn with_no_token_a_due_run_waits_then_is_missed_with_the_last_error() {
     let f = finishes(&d);
     assert_eq!(f.len(), 1, "{d:#?}");
     assert_eq!(f[0].1, Outcome::Missed);
-    assert!(f[0].2.contains("last error: token endpoint: invalid_client AADSTS7000215"), "{}", f[0].2);
+    assert!(
+        f[0].2
+            .contains("last error: token endpoint: invalid_client AADSTS7000215"),
+        "{}",
+        f[0].2
+    );
     // the token back in time: placed, once
     w.settings.placement_blocked = false;
     let d = w.decide(plus(now, mins(4)));
@@ -96,7 +109,9 @@ fn without_a_deadline_a_waiting_run_gives_up_after_the_window() {
     let d = w.decide(now);
     w.apply(&d, now);
     let run = w.ledger.open_runs().unwrap().pop().unwrap();
-    w.ledger.note_waiting(&run.id, "token endpoint: down", now).unwrap();
+    w.ledger
+        .note_waiting(&run.id, "token endpoint: down", now)
+        .unwrap();
     let d = w.decide(plus(now, mins(59)));
     assert!(finishes(&d).is_empty());
     let d = w.decide(plus(now, mins(61)));
@@ -132,7 +147,12 @@ fn a_removed_specs_call_is_hung_up_at_the_hangup_after_it_was_placed_with() {
     assert!(!d.actions.iter().any(|a| matches!(a, Action::HangUp { .. })));
     assert_eq!(d.wake_at, Some(plus(now, secs(2))));
     let d = w.decide(plus(now, secs(2)));
-    assert!(d.actions.iter().any(|a| matches!(a, Action::HangUp { id: x, .. } if *x == id)), "{d:#?}");
+    assert!(
+        d.actions
+            .iter()
+            .any(|a| matches!(a, Action::HangUp { id: x, .. } if *x == id)),
+        "{d:#?}"
+    );
     // placed without hangupAfter: left alone even if the spec now has one
     let mut s = spec("gone", None);
     s.hangup_after = Some(secs(1));
@@ -145,7 +165,10 @@ fn a_removed_specs_call_is_hung_up_at_the_hangup_after_it_was_placed_with() {
         },
     );
     let d = w.decide(plus(now, secs(5)));
-    assert!(!d.actions.iter().any(|a| matches!(a, Action::HangUp { .. })), "{d:#?}");
+    assert!(
+        !d.actions.iter().any(|a| matches!(a, Action::HangUp { .. })),
+        "{d:#?}"
+    );
 }
 
 #[test]
@@ -157,7 +180,9 @@ fn keep_alive_stops_after_the_maximum_call_length() {
     let id = place_due(&mut w, now);
     establish(&mut w, &id, now);
     let keep_alive = |d: &calld::reconcile::Decision| {
-        d.actions.iter().any(|a| matches!(a, Action::KeepAlive { .. }))
+        d.actions
+            .iter()
+            .any(|a| matches!(a, Action::KeepAlive { .. }))
     };
     // overdue after a restart: one keepAlive, then the interval again
     let d = w.decide(plus(now, mins(40)));
@@ -186,12 +211,26 @@ fn placed_run(l: &mut SqliteLedger, call: &str, tenant: Option<&str>) -> String 
         finished_at: now,
         client_request_id: "c".into(),
     };
-    l.record_create(&id, n, &[step], &CreateEnd::Placed { call_id: call.into() }, now)
-        .unwrap();
+    l.record_create(
+        &id,
+        n,
+        &[step],
+        &CreateEnd::Placed {
+            call_id: call.into(),
+        },
+        now,
+    )
+    .unwrap();
     id
 }
 
-fn notice(run: &str, attempt: Option<u32>, call: &str, state: &str, tid: Option<&str>) -> StateNotice {
+fn notice(
+    run: &str,
+    attempt: Option<u32>,
+    call: &str,
+    state: &str,
+    tid: Option<&str>,
+) -> StateNotice {
     StateNotice {
         run_id: Some(run.to_string()),
         attempt,
@@ -210,8 +249,12 @@ fn an_earlier_attempts_notification_is_that_attempts_history_only() {
     let mut l = SqliteLedger::open_in_memory().unwrap();
     let id = placed_run(&mut l, "A", None);
     // attempt 1 not answered: a retry, attempt 2 placed with call B
-    l.record_call_state(&id, &notice(&id, Some(1), "A", "terminated", None).update, now)
-        .unwrap();
+    l.record_call_state(
+        &id,
+        &notice(&id, Some(1), "A", "terminated", None).update,
+        now,
+    )
+    .unwrap();
     l.retry_later(&id, now, "retry", now).unwrap();
     let n = l.mark_requesting_with(&id, None, now).unwrap();
     assert_eq!(n, 2);
@@ -219,7 +262,10 @@ fn an_earlier_attempts_notification_is_that_attempts_history_only() {
     let out = l
         .record_call_states(&[notice(&id, Some(1), "A", "established", None)], now)
         .unwrap();
-    assert_eq!(out[0].as_ref().unwrap().as_ref().unwrap().change, StateChange::Recorded);
+    assert_eq!(
+        out[0].as_ref().unwrap().as_ref().unwrap().change,
+        StateChange::Recorded
+    );
     let run = l.run(&id).unwrap().unwrap();
     assert_eq!(run.state, RunState::Requesting);
     assert_eq!(run.call_id, None, "attempt 1's call did not take over");
@@ -229,8 +275,16 @@ fn an_earlier_attempts_notification_is_that_attempts_history_only() {
         finished_at: now,
         client_request_id: "c2".into(),
     };
-    l.record_create(&id, 2, &[step], &CreateEnd::Placed { call_id: "B".into() }, now)
-        .unwrap();
+    l.record_create(
+        &id,
+        2,
+        &[step],
+        &CreateEnd::Placed {
+            call_id: "B".into(),
+        },
+        now,
+    )
+    .unwrap();
     // by call id alone, too
     let mut by_call = notice(&id, None, "A", "establishing", None);
     by_call.run_id = None;
@@ -239,7 +293,10 @@ fn an_earlier_attempts_notification_is_that_attempts_history_only() {
     l.record_call_states(&[notice(&id, Some(2), "B", "established", None)], now)
         .unwrap();
     let run = l.run(&id).unwrap().unwrap();
-    assert_eq!((run.state, run.call_id.as_deref()), (RunState::Established, Some("B")));
+    assert_eq!(
+        (run.state, run.call_id.as_deref()),
+        (RunState::Established, Some("B"))
+    );
 }
 
 #[test]
@@ -249,8 +306,12 @@ fn established_after_terminated_reopens_not_established_as_answered() {
     let id = placed_run(&mut l, "A", None);
     l.record_call_states(&[notice(&id, Some(1), "A", "terminated", None)], now)
         .unwrap();
-    l.finish(&id, &calld::ledger::Finish::new(Outcome::NotEstablished), now)
-        .unwrap();
+    l.finish(
+        &id,
+        &calld::ledger::Finish::new(Outcome::NotEstablished),
+        now,
+    )
+    .unwrap();
     let out = l
         .record_call_states(&[notice(&id, Some(1), "A", "established", None)], now)
         .unwrap();
@@ -276,8 +337,20 @@ fn another_tenants_notification_is_refused_and_writes_nothing() {
     let out = l
         .record_call_states(
             &[
-                notice(&id, Some(1), "A", "established", Some("0b3a1f52-0000-0000-0000-000000000000")),
-                notice(&id, Some(1), "A", "establishing", Some("72F988BF-86F1-41AF-91AB-2D7CD011DB47")),
+                notice(
+                    &id,
+                    Some(1),
+                    "A",
+                    "established",
+                    Some("0b3a1f52-0000-0000-0000-000000000000"),
+                ),
+                notice(
+                    &id,
+                    Some(1),
+                    "A",
+                    "establishing",
+                    Some("72F988BF-86F1-41AF-91AB-2D7CD011DB47"),
+                ),
             ],
             now,
         )

@@ -10,7 +10,7 @@ mod failures_support;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use daemon_support::*;
 use failures_support::*;
@@ -42,7 +42,9 @@ fn two_thousand_slow_header_connections_do_not_starve_the_daemon() {
     let text = std::fs::read_to_string(&env.config).unwrap();
     let text = text.replacen(
         "callback:\n",
-        &format!("callback:\n  maxConnections: {CAP}\n  headerReadTimeout: 10s\n  idleTimeout: 30s\n"),
+        &format!(
+            "callback:\n  maxConnections: {CAP}\n  headerReadTimeout: 10s\n  idleTimeout: 30s\n"
+        ),
         1,
     );
     std::fs::write(&env.config, text).unwrap();
@@ -97,7 +99,7 @@ fn two_thousand_slow_header_connections_do_not_starve_the_daemon() {
 
     // The slow ones time out; the call's notifications then get through.
     wait_until("the slow connections to time out", || {
-        slow.iter_mut().map(closed).all(|c| c).then_some(())
+        slow.iter_mut().all(closed).then_some(())
     });
     let all_closed = opened.elapsed();
     println!("all slow connections closed by the listener {all_closed:?} after the flood began");
@@ -106,10 +108,7 @@ fn two_thousand_slow_header_connections_do_not_starve_the_daemon() {
         let r = runs.first()?.clone();
         (r["outcome"] == "completed").then_some(r)
     });
-    println!(
-        "run completed {:?} after the flood began",
-        opened.elapsed()
-    );
+    println!("run completed {:?} after the flood began", opened.elapsed());
     assert_eq!(run["id"].as_str(), run_id(&placed).as_deref());
     let (status, _) = get(&addr, "/healthz").expect("the listener answers again");
     assert_eq!(status, 200);

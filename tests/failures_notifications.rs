@@ -93,7 +93,11 @@ fn notifications_of_attempt_1_during_attempt_2_leave_attempt_2_followed() {
     let established_b = jiff::Timestamp::now();
     assert_eq!(notify(&env, &run, 2, &b, "established"), 202);
     let r = run_in_state(&env, "retry", "established");
-    assert_eq!(r["callId"], b.as_str(), "attempt 2's call is followed: {r:#}");
+    assert_eq!(
+        r["callId"],
+        b.as_str(),
+        "attempt 2's call is followed: {r:#}"
+    );
 
     // Attempt 2's call is hung up at hangupAfter; attempt 1's is not touched.
     let delete = wait_until("the hang-up of attempt 2's call", || {
@@ -133,9 +137,16 @@ fn established_after_terminated_is_completed_and_not_rung_again() {
     assert_eq!(notify(&env, &run, 1, &a, "established"), 202);
     assert_eq!(notify(&env, &run, 1, &a, "terminated"), 202);
     let r = finished(&env, "order");
-    assert_eq!(r["outcome"], "completed", "answered, whatever came first: {r:#}");
+    assert_eq!(
+        r["outcome"], "completed",
+        "answered, whatever came first: {r:#}"
+    );
     let states = states(&r);
-    assert_eq!(states, ["terminated", "established"], "duplicates are idempotent");
+    assert_eq!(
+        states,
+        ["terminated", "established"],
+        "duplicates are idempotent"
+    );
     // Past the retry interval: still one create.
     std::thread::sleep(Duration::from_secs(6));
     assert_eq!(emu.creates().len(), 1, "not rung again");
@@ -202,7 +213,10 @@ fn a_removed_specs_call_is_hung_up_at_its_hangup_after_and_keep_alive_stops() {
     assert_eq!(r["outcome"], "completed", "{r:#}");
     let keep_alives = requests_for(&emu, "keepAlive", &call).len();
     println!("{keep_alives} keepAlive(s) while the call was up");
-    assert!(keep_alives >= 1, "keepAlive followed the call while it was up");
+    assert!(
+        keep_alives >= 1,
+        "keepAlive followed the call while it was up"
+    );
     // The call ended: no keepAlive after it.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(requests_for(&emu, "keepAlive", &call).len(), keep_alives);

@@ -30,8 +30,7 @@ fn a_429_then_sigterm_then_restart_places_once_after_retry_after() {
     let run = wait_until("the run to wait, scheduled", || {
         let runs = env.history("slow");
         let r = runs.first()?.clone();
-        (r["state"] == "scheduled" && r["reason"].as_str()?.starts_with("waiting: "))
-            .then_some(r)
+        (r["state"] == "scheduled" && r["reason"].as_str()?.starts_with("waiting: ")).then_some(r)
     });
     println!("after the 429: {}", run["reason"]);
     assert!(run["reason"].as_str().unwrap().contains("429"), "{run:#}");

@@ -279,7 +279,11 @@ async fn out_of_order_duplicated_and_late_notifications_give_the_same_final_reco
         "terminated",
         "terminated",
     ];
-    assert_eq!(states(&messy), expected, "every distinct notification is history");
+    assert_eq!(
+        states(&messy),
+        expected,
+        "every distinct notification is history"
+    );
     assert_eq!(
         messy["resultInfo"],
         json!({"code": 200, "subcode": 5001, "message": "The conversation has ended."})

@@ -251,8 +251,7 @@ impl Controller {
         let granted = self.granted_roles(&health);
         // Live mode: nothing is placed before the token keeper's first answer
         // (the roles are checked first), nor while no token can be had.
-        let blocked =
-            self.rt.sandbox_callback.is_none() && (health.blocked() || !health.checked);
+        let blocked = self.rt.sandbox_callback.is_none() && (health.blocked() || !health.checked);
         let input = reconcile::Input {
             now,
             specs: &self.specs.specs,

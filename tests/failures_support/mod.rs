@@ -12,7 +12,13 @@ use serde_json::Value as Json;
 
 /// One HTTP/1.1 request on a fresh connection (`Connection: close`); the
 /// status and body, or `None` when nothing answered within 30 s.
-pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Option<(u16, String)> {
+pub fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
     s.set_write_timeout(Some(Duration::from_secs(30))).ok()?;
@@ -30,7 +36,10 @@ pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body
     let _ = s.read_to_end(&mut out);
     let text = String::from_utf8_lossy(&out).into_owned();
     let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Some((status, body))
 }
 
@@ -46,7 +55,10 @@ pub fn post_notification(addr: &str, path: &str, token: &str, body: &Json) -> Op
         addr,
         "POST",
         path,
-        &[("Authorization", &auth), ("Content-Type", "application/json")],
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
         &bytes,
     )
     .map(|(s, _)| s)
@@ -67,7 +79,11 @@ pub fn newest(runs: &[Json]) -> Option<&Json> {
 pub fn states(run: &Json) -> Vec<String> {
     run["callStates"]
         .as_array()
-        .map(|a| a.iter().filter_map(|s| s["state"].as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s["state"].as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
