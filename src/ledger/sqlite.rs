@@ -971,6 +971,16 @@ pub(super) fn begin_attempt_in(
     next_attempt(tx, seq, client_request_id, now)
 }
 
+/// `8-4-4-4-12` hex digits.
+fn looks_like_guid(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.len() == 5
+        && parts
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(p, n)| p.len() == n && p.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
 fn find_by_call_id(conn: &Connection, call_id: &str) -> Result<Option<Run>> {
     Ok(query_runs(
         conn,
@@ -1126,7 +1136,10 @@ impl Ledger for SqliteLedger {
                     Some(r) => {
                         // A notification signed for another tenant than the
                         // run's is not about this run (a multi-tenant bot).
+                        // (Only a GUID is compared: `tid` always is one; a
+                        // tenant written as a domain name cannot be checked.)
                         if let (Some(tid), Some(expected)) = (&notice.tenant_id, &r.tenant_id)
+                            && looks_like_guid(expected)
                             && !tid.eq_ignore_ascii_case(expected)
                         {
                             return Err(LedgerError::WrongTenant {
