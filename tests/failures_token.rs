@@ -3,7 +3,8 @@
 //!
 //! - down for 3 s when a spec is dropped: exactly one create, after it is back;
 //!   meanwhile `/readyz` and the run's reason say why nothing is placed;
-//! - a wrong secret at start, fixed by a restart within the deadline: placed once;
+//! - a wrong secret at start, fixed by a restart or by SIGHUP within the
+//!   deadline: each due run placed once;
 //! - hanging: a notification is accepted (202) and recorded while the token
 //!   request still hangs, and `/healthz` answers.
 
@@ -127,6 +128,44 @@ fn wrong_secret_at_start_fixed_by_a_restart_places_each_due_run_once() {
         assert_eq!(env.history(name).len(), 1, "one run of {name}");
     }
     drop(d2);
+}
+
+#[test]
+fn wrong_secret_fixed_by_sighup_places_the_due_run_once() {
+    let emu = Emu::start(&format!(
+        "{FAST_CALLS}clients: [{{ id: {CLIENT_ID}, secret: the-right-secret }}]\n"
+    ));
+    let (admin, admin_addr) = admin_config();
+    let env = Env::with_config(&emu, &admin);
+    // The secret in a file, which SIGHUP re-reads.
+    let secret = env.dir.path().join("client-secret");
+    std::fs::write(&secret, "a-wrong-secret\n").unwrap();
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    let text = text.replace(
+        &format!("clientSecret: {{ env: {SECRET_ENV} }}"),
+        &format!("clientSecret: {{ file: {} }}", secret.display()),
+    );
+    assert!(text.contains("file:"), "{text}");
+    std::fs::write(&env.config, text).unwrap();
+    let d = env.start();
+    env.drop_spec("hup.yaml", &call_spec("Hup"));
+    wait_until("the run to wait for a token", || {
+        let runs = env.history("hup");
+        let r = runs.first()?.clone();
+        (r["state"] == "scheduled" && r["reason"].as_str()?.contains("AADSTS7000215")).then_some(r)
+    });
+    assert!(emu.creates().is_empty());
+    std::fs::write(&secret, "the-right-secret\n").unwrap();
+    d.signal("HUP");
+    let run = wait_until("the run to complete after SIGHUP", || {
+        let runs = env.history("hup");
+        let r = runs.first()?.clone();
+        (r["outcome"] == "completed").then_some(r)
+    });
+    assert_eq!(emu.creates_for(run["id"].as_str().unwrap()).len(), 1);
+    let (status, _) = get(&admin_addr, "/readyz").unwrap();
+    assert_eq!(status, 200);
+    drop(d);
 }
 
 #[test]

@@ -478,6 +478,14 @@ async fn run_async(
                         // Graph, callback and admin settings need a restart
                         controller.rt.config.defaults = new.defaults;
                         controller.rt.config.daemon = new.daemon;
+                        // the secret or certificate, re-read: a wrong one
+                        // fixed needs no restart
+                        if !sandbox {
+                            match TokenSourceConfig::from_graph_config(&new.graph) {
+                                Ok(c) => controller.rt.client.tokens().set_credential(c.credential),
+                                Err(e) => tracing::warn!("SIGHUP: graph credential not reloaded: {e}"),
+                            }
+                        }
                         let snap = snapshots.borrow().clone();
                         controller.load_snapshot(&snap);
                         tracing::info!("SIGHUP: configuration reloaded; rescanning the calls directory");

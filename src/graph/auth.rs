@@ -417,6 +417,8 @@ pub struct TokenSource {
     refresh: tokio::sync::Mutex<()>,
     /// Token requests sent (metrics, tests).
     fetches: AtomicU64,
+    /// A credential set after start ([`TokenSource::set_credential`], SIGHUP).
+    credential_override: RwLock<Option<Credential>>,
 }
 
 impl fmt::Debug for TokenSource {
@@ -442,11 +444,31 @@ impl TokenSource {
             cache: RwLock::new(None),
             refresh: tokio::sync::Mutex::new(()),
             fetches: AtomicU64::new(0),
+            credential_override: RwLock::new(None),
         }
     }
 
     pub fn config(&self) -> &TokenSourceConfig {
         &self.cfg
+    }
+
+    /// Replaces the secret or certificate used from the next token request
+    /// on (the daemon re-reads it on SIGHUP, so a fixed secret needs no
+    /// restart). The current token, if any, is kept while it is valid.
+    pub fn set_credential(&self, credential: Credential) {
+        *self
+            .credential_override
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(credential);
+    }
+
+    /// The credential in use: the one set last, else the configured one.
+    fn credential(&self) -> Credential {
+        self.credential_override
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_else(|| self.cfg.credential.clone())
     }
 
     /// Token requests sent so far.
@@ -509,7 +531,7 @@ impl TokenSource {
             ("client_id", self.cfg.client_id.clone()),
             ("scope", self.cfg.scope.clone()),
         ];
-        match &self.cfg.credential {
+        match &self.credential() {
             Credential::Secret(s) => form.push(("client_secret", s.expose().to_string())),
             Credential::Certificate(c) => {
                 let jti = uuid::Uuid::new_v4().to_string();
@@ -614,7 +636,7 @@ impl TokenSource {
     /// Removes the client secret from text that came from elsewhere (an error
     /// page that echoes the request must not leak it).
     fn scrub(&self, text: &str) -> String {
-        match &self.cfg.credential {
+        match &self.credential() {
             Credential::Secret(s) if !s.expose().is_empty() => {
                 text.replace(s.expose(), "<redacted>")
             }
