@@ -115,3 +115,47 @@ fn two_thousand_slow_header_connections_do_not_starve_the_daemon() {
     drop(slow);
     drop(d);
 }
+
+#[test]
+fn an_idle_kept_alive_connection_is_closed_after_the_idle_timeout() {
+    let emu = Emu::start(FAST_CALLS);
+    let env = Env::new(&emu);
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    let text = text.replacen(
+        "callback:\n",
+        "callback:\n  idleTimeout: 2s\n  headerReadTimeout: 20s\n",
+        1,
+    );
+    std::fs::write(&env.config, text).unwrap();
+    let d = env.start();
+    let addr = callback_addr(&env.public_url);
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: idle\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 512];
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let n = s.read(&mut buf).unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+        "answered, and kept alive"
+    );
+    // Then nothing: the listener closes it (EOF) after idleTimeout.
+    let idle = Instant::now();
+    let eof = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => {
+                break false;
+            }
+            Err(_) => break true,
+        }
+    };
+    assert!(eof, "the idle connection was closed by the listener");
+    println!(
+        "idle kept-alive connection closed after {:?} (idleTimeout 2s)",
+        idle.elapsed()
+    );
+    drop(d);
+}
