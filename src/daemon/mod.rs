@@ -488,6 +488,9 @@ impl Controller {
         })
         .await?;
         self.in_flight.insert(id.clone());
+        // a new call: nothing sent for it yet (an earlier attempt's
+        // keepAlive or hang-up times do not carry over)
+        self.calls.remove(&id);
         if let Some(due) = self.due_of(&id) {
             let lag = now.duration_since(due);
             self.rt
