@@ -261,15 +261,17 @@ impl Metrics {
             .inc();
     }
 
-    /// One access-token request finished, by outcome: `ok`, `transient`
+    /// `n` access-token requests finished, by outcome: `ok`, `transient`
     /// (unreachable, 5xx, throttled) or `environment` (wrong secret,
     /// missing consent, bad certificate).
-    pub fn token_refresh_outcome(&self, result: &str) {
-        self.token_refreshes
-            .get_or_create(&ResultLabels {
-                result: result.to_string(),
-            })
-            .inc();
+    pub fn token_refreshes_add(&self, result: &str, n: u64) {
+        if n > 0 {
+            self.token_refreshes
+                .get_or_create(&ResultLabels {
+                    result: result.to_string(),
+                })
+                .inc_by(n);
+        }
     }
 
     /// One notification request handled, with its `result`

@@ -322,12 +322,8 @@ async fn run_async(
     let client = Arc::new(client);
     // The token (and its roles) is kept fresh by a task of its own: the
     // controller never waits for the token endpoint.
-    let keeper = {
-        let metrics = metrics.clone();
-        crate::graph::keeper::TokenKeeper::spawn(client.tokens().clone(), move |outcome| {
-            metrics.token_refresh_outcome(outcome)
-        })
-    };
+    let keeper = crate::graph::keeper::TokenKeeper::spawn(client.tokens().clone());
+    let mut refresh_counts = crate::graph::auth::RefreshCounts::default();
     let mut token_health = keeper.subscribe();
     let rt = Runtime {
         keeper: keeper.clone(),
@@ -381,6 +377,21 @@ async fn run_async(
             &callback_stats.snapshot(),
             &mut listener_counts,
         );
+        {
+            // every token request (the keeper's, and a request's after a 401)
+            let now = controller.rt.client.tokens().refresh_counts();
+            for (result, new, old) in [
+                ("ok", now.ok, refresh_counts.ok),
+                ("transient", now.transient, refresh_counts.transient),
+                ("environment", now.environment, refresh_counts.environment),
+            ] {
+                controller
+                    .rt
+                    .metrics
+                    .token_refreshes_add(result, new.saturating_sub(old));
+            }
+            refresh_counts = now;
+        }
         {
             // /readyz: loaded, ledger open, and a token at hand (or sandbox);
             // else why nothing is placed. Read, never awaited.

@@ -419,6 +419,18 @@ pub struct TokenSource {
     fetches: AtomicU64,
     /// A credential set after start ([`TokenSource::set_credential`], SIGHUP).
     credential_override: RwLock<Option<Credential>>,
+    /// Token requests by outcome: ok, transient, environment.
+    outcomes: [AtomicU64; 3],
+}
+
+/// How many token requests ended how ([`TokenSource::refresh_counts`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RefreshCounts {
+    pub ok: u64,
+    /// Unreachable, timed out, 5xx, throttled.
+    pub transient: u64,
+    /// Refused: wrong secret, missing consent, bad certificate.
+    pub environment: u64,
 }
 
 impl fmt::Debug for TokenSource {
@@ -445,6 +457,7 @@ impl TokenSource {
             refresh: tokio::sync::Mutex::new(()),
             fetches: AtomicU64::new(0),
             credential_override: RwLock::new(None),
+            outcomes: Default::default(),
         }
     }
 
@@ -469,6 +482,16 @@ impl TokenSource {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
             .unwrap_or_else(|| self.cfg.credential.clone())
+    }
+
+    /// Token requests so far, by outcome (for `calld_token_refreshes_total`).
+    pub fn refresh_counts(&self) -> RefreshCounts {
+        let g = |i: usize| self.outcomes[i].load(Ordering::Relaxed);
+        RefreshCounts {
+            ok: g(0),
+            transient: g(1),
+            environment: g(2),
+        }
     }
 
     /// Token requests sent so far.
@@ -497,7 +520,16 @@ impl TokenSource {
             // Someone else refreshed while we waited.
             return Ok(t.clone());
         }
-        match self.fetch().await {
+        let fetched = self.fetch().await;
+        let slot = match &fetched {
+            Ok(_) => 0,
+            Err(e) => match super::retry::classify_auth(e) {
+                super::retry::FailureClass::Environment => 2,
+                _ => 1,
+            },
+        };
+        self.outcomes[slot].fetch_add(1, Ordering::Relaxed);
+        match fetched {
             Ok(t) => {
                 let t = Arc::new(t);
                 *self.cache.write().unwrap_or_else(|p| p.into_inner()) = Some(t.clone());

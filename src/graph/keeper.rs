@@ -102,19 +102,16 @@ pub struct TokenKeeper {
 }
 
 impl TokenKeeper {
-    /// Starts the task. `on_fetch` is called once per token request with
-    /// its outcome: `ok`, `transient` or `environment`.
-    pub fn spawn(
-        tokens: Arc<TokenSource>,
-        on_fetch: impl Fn(&str) + Send + Sync + 'static,
-    ) -> Arc<TokenKeeper> {
+    /// Starts the task. (Token requests are counted by the token source
+    /// itself: [`TokenSource::refresh_counts`].)
+    pub fn spawn(tokens: Arc<TokenSource>) -> Arc<TokenKeeper> {
         let (tx, rx) = watch::channel(TokenHealth::default());
         let keeper = Arc::new(TokenKeeper {
             health: rx,
             kick: Notify::new(),
         });
         let k = keeper.clone();
-        tokio::spawn(async move { run(tokens, tx, k, on_fetch).await });
+        tokio::spawn(async move { run(tokens, tx, k).await });
         keeper
     }
 
@@ -134,25 +131,15 @@ impl TokenKeeper {
     }
 }
 
-async fn run(
-    tokens: Arc<TokenSource>,
-    tx: watch::Sender<TokenHealth>,
-    keeper: Arc<TokenKeeper>,
-    on_fetch: impl Fn(&str) + Send + Sync,
-) {
+async fn run(tokens: Arc<TokenSource>, tx: watch::Sender<TokenHealth>, keeper: Arc<TokenKeeper>) {
     let mut failures = 0u32;
     loop {
-        let before = tokens.fetch_count();
         let result = tokens.token().await;
-        let fetched = tokens.fetch_count() != before;
         let now = Timestamp::now();
         let wait = match result {
             Ok(t) => {
+                // a refresh that failed while the old token is still valid
                 let stale = t.refresh_at() <= now;
-                if fetched {
-                    // a refresh that failed while the old token is still valid
-                    on_fetch(if stale { "transient" } else { "ok" });
-                }
                 let roles = t.roles().map(<[String]>::to_vec);
                 tx.send_if_modified(|h| {
                     let new = TokenHealth {
@@ -181,9 +168,6 @@ async fn run(
             }
             Err(e) => {
                 let class = classify_auth(&e);
-                if fetched {
-                    on_fetch(class.as_str());
-                }
                 failures += 1;
                 let message = summarize(&e);
                 tx.send_if_modified(|h| {
