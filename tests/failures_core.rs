@@ -361,3 +361,62 @@ fn another_tenants_notification_is_refused_and_writes_nothing() {
     assert_eq!(states.len(), 1);
     assert_eq!(states[0].state, CallState::Establishing);
 }
+
+mod order_free {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn states() -> impl Strategy<Value = (Vec<&'static str>, usize)> {
+        (
+            proptest::collection::vec(
+                prop_oneof![
+                    Just("establishing"),
+                    Just("ringing"),
+                    Just("established"),
+                    Just("terminating"),
+                    Just("terminated"),
+                    Just("hold"),
+                ],
+                0..8,
+            ),
+            0usize..8,
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, .. ProptestConfig::default() })]
+
+        /// Any order, any duplicates, decisions in between: the outcome
+        /// is `completed` exactly when the call ever reached `established`,
+        /// and the run is placed once.
+        #[test]
+        fn the_outcome_follows_the_set_of_states((mut seq, at) in states()) {
+            seq.insert(at.min(seq.len()), "terminated");
+            let t0 = ts(T0);
+            let mut w = World::new(vec![spec("call", None)]);
+            let id = place_due(&mut w, t0);
+            w.answer_placed(&id, "c", t0);
+            let mut placed = 1;
+            for (i, state) in seq.iter().enumerate() {
+                let now = plus(t0, secs(i as u64 + 1));
+                w.notify(&id, "c", state, now);
+                let d = w.decide(now);
+                placed += w.apply(&d, now).placed.len();
+            }
+            for k in 0..2u64 {
+                let now = plus(t0, mins(5 + k));
+                let d = w.decide(now);
+                placed += w.apply(&d, now).placed.len();
+            }
+            let run = w.ledger.run(&id).unwrap().unwrap();
+            prop_assert_eq!(run.state, RunState::Finished, "{:?}", seq);
+            let want = if seq.contains(&"established") {
+                Outcome::Completed
+            } else {
+                Outcome::NotEstablished
+            };
+            prop_assert_eq!(run.outcome, Some(want), "{:?}", seq);
+            prop_assert_eq!(placed, 1);
+        }
+    }
+}
