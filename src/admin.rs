@@ -52,8 +52,9 @@ pub struct AdminState {
     /// Set by the daemon after the first full load (`/readyz` turns 200);
     /// cleared again while it stops.
     pub ready: Arc<AtomicBool>,
-    /// Why it is not ready (the calls directory not read yet, ...).
-    pub not_ready: Arc<std::sync::Mutex<String>>,
+    /// Why the daemon is not ready (`token endpoint: ... since ...`), shown
+    /// by `/readyz`.
+    pub not_ready: Arc<std::sync::Mutex<Option<String>>>,
     pub metrics: Metrics,
     pub specs: SpecsProvider,
     pub runs: RunsProvider,
@@ -80,7 +81,7 @@ impl AdminState {
     pub fn new(metrics: Metrics) -> Self {
         AdminState {
             ready: Arc::new(AtomicBool::new(false)),
-            not_ready: Arc::new(std::sync::Mutex::new(String::new())),
+            not_ready: Arc::new(std::sync::Mutex::new(None)),
             metrics,
             specs: Arc::new(|| json!([])),
             runs: Arc::new(|_, _| None),
@@ -137,13 +138,20 @@ impl AdminState {
         self.ready.store(ready, Ordering::SeqCst);
     }
 
-    /// What `/readyz` says while not ready (after "not ready: ").
-    pub fn set_not_ready_reason(&self, reason: &str) {
-        *self.not_ready.lock().unwrap_or_else(|p| p.into_inner()) = reason.to_string();
-    }
-
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
+    }
+
+    /// Sets (or clears) why the daemon is not ready.
+    pub fn set_not_ready_reason(&self, reason: Option<String>) {
+        *self.not_ready.lock().unwrap_or_else(|p| p.into_inner()) = reason;
+    }
+
+    pub fn not_ready_reason(&self) -> Option<String> {
+        self.not_ready
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -187,17 +195,14 @@ async fn readyz(State(state): State<AdminState>) -> Response {
     if state.is_ready() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        let why = state
-            .not_ready
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let body = if why.is_empty() {
-            "not ready\n".to_string()
-        } else {
-            format!("not ready: {why}\n")
-        };
-        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+        match state.not_ready_reason() {
+            Some(why) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {why}\n"),
+            )
+                .into_response(),
+            None => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response(),
+        }
     }
 }
 

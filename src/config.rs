@@ -266,6 +266,18 @@ pub struct CallbackConfig {
     pub validate_tokens: bool,
     pub open_id_config_url: String,
     pub issuers: Vec<String>,
+    /// Open connections at most (default 512); more are closed at once and
+    /// counted (`calld_callback_refused_connections_total`).
+    pub max_connections: usize,
+    /// A request's headers must arrive within this (default 10s).
+    #[serde(with = "duration_text")]
+    pub header_read_timeout: Duration,
+    /// A kept-alive connection without a request is closed after this (default 60s).
+    #[serde(with = "duration_text")]
+    pub idle_timeout: Duration,
+    /// A request's body must arrive within this (default 30s).
+    #[serde(with = "duration_text")]
+    pub body_read_timeout: Duration,
 }
 
 impl Default for CallbackConfig {
@@ -281,6 +293,10 @@ impl Default for CallbackConfig {
                 "https://api.botframework.com".into(),
                 "https://graph.microsoft.com".into(),
             ],
+            max_connections: 512,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            body_read_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -372,6 +388,15 @@ pub struct DaemonConfig {
     /// this long before their runs are canceled; default 5m (docs/runs.md).
     #[serde(with = "duration_text")]
     pub prune_after: Duration,
+    /// keepAlive stops after a call has been up this long (default 4h);
+    /// Graph then ends it within 45 minutes.
+    #[serde(with = "duration_text")]
+    pub max_call_duration: Duration,
+    /// A run without a deadline keeps retrying transient failures (token
+    /// outages, throttling) for this long after its due time, then is
+    /// recorded `missed` (default 1h).
+    #[serde(with = "duration_text")]
+    pub transient_retry_window: Duration,
 }
 
 impl Default for DaemonConfig {
@@ -384,6 +409,8 @@ impl Default for DaemonConfig {
             keep_alive_interval: Duration::from_secs(15 * 60),
             settle: Duration::from_secs(1),
             prune_after: Duration::from_secs(5 * 60),
+            max_call_duration: Duration::from_secs(4 * 3600),
+            transient_retry_window: Duration::from_secs(3600),
         }
     }
 }

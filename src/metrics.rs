@@ -6,7 +6,7 @@
 //! | `calld_runs_total` | counter | `outcome` (SPEC 4: `completed`, `notEstablished`, ...) |
 //! | `calld_graph_requests_total` | counter | `operation`, `status` (HTTP status, or `error` when no response) |
 //! | `calld_graph_request_duration_seconds` | histogram | `operation` |
-//! | `calld_token_refreshes_total` | counter | `result` (`ok` / `error`) |
+//! | `calld_token_refreshes_total` | counter | `result` (`ok`, `transient`, `environment`) |
 //! | `calld_notifications_total` | counter | `result` (`accepted`, `unauthorized`, `tooLarge`, `invalid`, `unmatched`, ...) |
 //! | `calld_spec_files` | gauge | `state` (`valid` / `invalid`) |
 //! | `calld_watcher_rescans_total` | counter | |
@@ -411,23 +411,6 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// Sets `calld_token_refreshes_total` from the token source's own
-    /// counts (`fetches` sent, `failures` of them failed); counts only grow.
-    pub fn set_token_refreshes(&self, fetches: u64, failures: u64) {
-        for (result, n) in [
-            ("ok", fetches.saturating_sub(failures)),
-            ("error", failures),
-        ] {
-            let c = self.token_refreshes.get_or_create(&ResultLabels {
-                result: result.to_string(),
-            });
-            let have = c.get();
-            if n > have {
-                c.inc_by(n - have);
-            }
-        }
-    }
-
     /// One access-token request finished (`ok`: a token was obtained).
     pub fn token_refresh(&self, ok: bool) {
         self.token_refreshes
@@ -435,6 +418,19 @@ impl Metrics {
                 result: if ok { "ok" } else { "error" }.to_string(),
             })
             .inc();
+    }
+
+    /// `n` access-token requests finished, by outcome: `ok`, `transient`
+    /// (unreachable, 5xx, throttled) or `environment` (wrong secret,
+    /// missing consent, bad certificate).
+    pub fn token_refreshes_add(&self, result: &str, n: u64) {
+        if n > 0 {
+            self.token_refreshes
+                .get_or_create(&ResultLabels {
+                    result: result.to_string(),
+                })
+                .inc_by(n);
+        }
     }
 
     /// One notification request handled, with its `result`

@@ -37,6 +37,7 @@ use jiff::SignedDuration;
 use crate::duration::format_duration;
 use crate::ledger::{
     CallState, Disposition, NewRun, Outcome, Run, RunKey, RunProgress, RunState, Slot,
+    WAITING_PREFIX,
 };
 use crate::schedule::{Concurrency, Schedule, Trigger};
 use crate::spec::model::{Spec, role_granted};
@@ -62,6 +63,16 @@ pub struct Settings {
     /// still within its deadline (default 5 minutes; never more than the
     /// deadline), so a file written just before its time is not missed.
     pub first_sight_lookback: Duration,
+    /// Nothing can be placed now (no access token: the token endpoint is
+    /// down or refuses the app). Due runs stay `scheduled` until their
+    /// deadline; the daemon notes why on each.
+    pub placement_blocked: bool,
+    /// A run without a deadline that is waiting out a transient failure is
+    /// recorded `missed` this long after its due time (default 1 h).
+    pub transient_retry_window: Duration,
+    /// keepAlive stops after a call has been established this long
+    /// (default 4 h): Graph ends it within 45 minutes after that.
+    pub max_call_duration: Duration,
 }
 
 impl Default for Settings {
@@ -72,11 +83,15 @@ impl Default for Settings {
             terminating_grace: Duration::from_secs(30),
             max_missed_records: 100,
             first_sight_lookback: Duration::from_secs(5 * 60),
+            placement_blocked: false,
+            transient_retry_window: Duration::from_secs(3600),
+            max_call_duration: Duration::from_secs(4 * 3600),
         }
     }
 }
 
-/// What the daemon remembers (in memory only) about a call it follows.
+/// What the daemon remembers about a call it follows (kept in the ledger
+/// with the run, so it survives a restart and the spec's removal).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CallMemo {
     /// When the last keepAlive was sent (None: none since the daemon started;
@@ -84,6 +99,10 @@ pub struct CallMemo {
     pub last_keep_alive: Option<Timestamp>,
     /// When a hang-up (DELETE) was last sent for the call.
     pub hangup_requested_at: Option<Timestamp>,
+    /// The spec's `hangupAfter` when the call was placed (`Some(None)`: it
+    /// had none). `None`: not known (placed by an older calld); the spec's
+    /// current value applies then.
+    pub placed_hangup_after: Option<Option<Duration>>,
 }
 
 /// A snapshot of everything the decision depends on.
@@ -291,6 +310,10 @@ struct Pending {
     first_try: bool,
     /// The row to insert when `id` is `None`.
     new: Option<NewRun>,
+    /// Waiting out a transient failure: not placed before this.
+    not_before: Option<Timestamp>,
+    /// Why it is waiting (the last error), when it is.
+    note: Option<String>,
 }
 
 impl Pending {
@@ -302,11 +325,21 @@ impl Pending {
             // A run put back by `retry_later` was requested before (and
             // carries the retry's reason).
             // A triggered run is not a slot: "only the most recent slot
-            // after downtime" does not apply to it.
+            // after downtime" does not apply to it. A run waiting out a
+            // transient failure has not been tried yet.
             first_try: progress.is_none_or(|p| p.tries == 0)
-                && run.reason.is_none()
+                && run
+                    .reason
+                    .as_deref()
+                    .is_none_or(|r| r.starts_with(WAITING_PREFIX))
                 && !matches!(run.slot, Slot::Trigger(_)),
             new: None,
+            not_before: progress.and_then(|p| p.not_before),
+            note: run
+                .reason
+                .as_deref()
+                .and_then(|r| r.strip_prefix(WAITING_PREFIX))
+                .map(str::to_string),
         }
     }
 
@@ -457,7 +490,10 @@ impl Decider<'_, '_> {
                 let since = run.established_at.unwrap_or(run.updated_at);
                 let base = memo.last_keep_alive.map_or(since, |k| k.max(since));
                 let next = add(base, settings.keep_alive_interval);
-                if next <= now {
+                if next > add(since, settings.max_call_duration) {
+                    // Past `daemon.maxCallDuration`: no keepAlive; Graph
+                    // ends the call, whose notification ends the run.
+                } else if next <= now {
                     self.keep_alives.push(Action::KeepAlive {
                         id: run.id.clone(),
                         key: run.key(),
@@ -467,7 +503,13 @@ impl Decider<'_, '_> {
                 } else {
                     self.wake_at(next);
                 }
-                if let Some(after) = spec.and_then(|s| s.hangup_after) {
+                // The promise made when the call was placed, whatever
+                // became of the spec since (removed, renamed, held).
+                let hangup_after = match memo.placed_hangup_after {
+                    Some(placed) => placed,
+                    None => spec.and_then(|s| s.hangup_after),
+                };
+                if let Some(after) = hangup_after {
                     let at = add(since, after);
                     let reason = format!("hangupAfter: established for {}", format_duration(after));
                     self.hang_up_when(run, &call_id, at, memo, reason);
@@ -556,6 +598,8 @@ impl Decider<'_, '_> {
                     due,
                     first_try: false,
                     new: None,
+                    not_before: None,
+                    note: None,
                 })
             }
             _ => {
@@ -623,6 +667,8 @@ impl Decider<'_, '_> {
                         due: now,
                         first_try: true,
                         new: Some(new),
+                        not_before: None,
+                        note: None,
                     });
                 }
             }
@@ -639,6 +685,11 @@ impl Decider<'_, '_> {
         });
         let place_by = |due: Timestamp| spec.schedule.as_ref().and_then(|s| s.place_by(due));
         let expired = |due: Timestamp| place_by(due).is_some_and(|by| now > by);
+        // Without a deadline, a run waiting out a passing trouble gives up
+        // after `transient_retry_window`.
+        let window = input.settings.transient_retry_window;
+        let window_over =
+            |p: &Pending| place_by(p.due).is_none() && p.note.is_some() && now > add(p.due, window);
         // After downtime only the most recent first try is placed.
         let newest_first_try = pending
             .iter()
@@ -659,18 +710,31 @@ impl Decider<'_, '_> {
                 }
                 continue;
             }
-            if expired(p.due) {
-                let deadline = spec
-                    .schedule
-                    .as_ref()
-                    .and_then(|s| s.deadline)
-                    .map(format_duration)
+            if expired(p.due) || window_over(&p) {
+                let last = p
+                    .note
+                    .as_deref()
+                    .map(|n| format!("; last error: {n}"))
                     .unwrap_or_default();
-                self.finish_pending(
-                    &p,
-                    Outcome::Missed,
-                    format!("not placed within the deadline ({deadline}) of its due time"),
-                );
+                let reason = match spec.schedule.as_ref().and_then(|s| s.deadline) {
+                    Some(d) => format!(
+                        "not placed within the deadline ({}) of its due time{last}",
+                        format_duration(d)
+                    ),
+                    None => format!(
+                        "not placed within daemon.transientRetryWindow ({}) of its due time{last}",
+                        format_duration(window)
+                    ),
+                };
+                self.finish_pending(&p, Outcome::Missed, reason);
+                continue;
+            }
+            // Waiting out a 429's Retry-After or a backoff (durably).
+            if let Some(nb) = p.not_before.filter(|nb| *nb > now) {
+                self.wake_at(nb);
+                if let Some(by) = place_by(p.due) {
+                    self.wake_at(add(by, Duration::from_micros(1)));
+                }
                 continue;
             }
             if p.first_try && Some((p.slot_time(), p.key.slot.key_text())) != newest_first_try {
@@ -684,6 +748,19 @@ impl Decider<'_, '_> {
             }
             if spec.suspend {
                 self.finish_pending(&p, Outcome::Skipped, "the spec is suspended".to_string());
+                continue;
+            }
+            if input.settings.placement_blocked {
+                // No token: stays `scheduled`; the token's return (or the
+                // deadline) triggers the next decision.
+                if let Some(by) = place_by(p.due) {
+                    self.wake_at(add(by, Duration::from_micros(1)));
+                } else if p.note.is_some() {
+                    self.wake_at(add(add(p.due, window), Duration::from_micros(1)));
+                }
+                if let Some(new) = p.new {
+                    self.early.push(Action::Insert { run: new });
+                }
                 continue;
             }
             if let Some(granted) = input.granted_roles {
@@ -822,6 +899,8 @@ impl Decider<'_, '_> {
                     due,
                     first_try: true,
                     new: Some(new),
+                    not_before: None,
+                    note: None,
                 });
             }
             if cursor.is_some() {
@@ -839,6 +918,8 @@ impl Decider<'_, '_> {
                     due,
                     first_try: true,
                     new: Some(new),
+                    not_before: None,
+                    note: None,
                 });
             }
         }

@@ -74,6 +74,7 @@ async fn seed_notifications_are_accepted_and_queued() {
             got,
             Inbound {
                 run_id: Some("run-42".into()),
+                attempt: None,
                 tenant_id: Some(TENANT.into()),
                 events: vec![CallEvent {
                     call_id: Some("57DAB8B1894C409AB240BD8BEAE78896".into()),

@@ -229,6 +229,8 @@ fn ledger_batch_versus_one_transaction_each() {
     }
     let notice = |i: usize| StateNotice {
         run_id: Some(ids[i % ids.len()].clone()),
+        attempt: None,
+        tenant_id: None,
         update: CallStateUpdate {
             state: if i.is_multiple_of(2) {
                 CallState::Establishing

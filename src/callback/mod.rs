@@ -34,15 +34,17 @@
 //! ```
 
 pub mod keys;
+mod limits;
 pub mod notification;
 mod server;
 pub mod tls;
 pub mod token;
 
 pub use keys::{KeyCache, KeyCacheStats};
+pub use limits::ListenerLimits;
 pub use notification::{
-    Ack, CallEvent, CallState, ChangeType, Inbound, ParseError, ResultInfo, describe_result,
-    parse_notification,
+    Ack, AckVerdict, CallEvent, CallState, ChangeType, Inbound, ParseError, ResultInfo,
+    describe_result, parse_notification,
 };
 pub use server::{
     CallbackCounts, CallbackOptions, CallbackState, CallbackStats, router, serve, start,

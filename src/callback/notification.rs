@@ -17,6 +17,9 @@ pub struct Inbound {
     /// every callbackUri), so a notification can be matched to its run even
     /// when the create response was lost.
     pub run_id: Option<String>,
+    /// The `calldAttempt` query value: which create of the run carried this
+    /// callbackUri (the daemon appends it next to `calldRun`).
+    pub attempt: Option<u32>,
     /// The `tid` claim of the validated bearer token; `None` only when token
     /// validation is switched off.
     pub tenant_id: Option<String>,
@@ -31,13 +34,26 @@ pub struct Inbound {
 
 /// The daemon's "recorded" for one [`Inbound`]. Dropping it without
 /// [`Ack::done`] (the daemon stopping) makes the listener answer 503, so
-/// Graph delivers the notification again.
+/// Graph delivers the notification again; [`Ack::refuse`] makes it answer
+/// 401 (the token's tenant is not the run's).
 #[derive(Clone, Default)]
-pub struct Ack(Option<std::sync::Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>>>);
+#[allow(clippy::type_complexity)]
+pub struct Ack(
+    Option<std::sync::Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Sender<AckVerdict>>>>>,
+);
+
+/// What the daemon made of one [`Inbound`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckVerdict {
+    /// Recorded (or not ours): 202.
+    Recorded,
+    /// Signed for another tenant than its run's: 401, nothing recorded.
+    WrongTenant,
+}
 
 impl Ack {
     /// An ack the listener waits for, and its receiving end.
-    pub fn channel() -> (Ack, tokio::sync::oneshot::Receiver<()>) {
+    pub fn channel() -> (Ack, tokio::sync::oneshot::Receiver<AckVerdict>) {
         let (tx, rx) = tokio::sync::oneshot::channel();
         (
             Ack(Some(std::sync::Arc::new(std::sync::Mutex::new(Some(tx))))),
@@ -45,13 +61,22 @@ impl Ack {
         )
     }
 
-    /// The events are recorded: the listener may answer 202.
-    pub fn done(&self) {
+    fn send(&self, v: AckVerdict) {
         if let Some(slot) = &self.0
             && let Some(tx) = slot.lock().unwrap_or_else(|p| p.into_inner()).take()
         {
-            let _ = tx.send(());
+            let _ = tx.send(v);
         }
+    }
+
+    /// The events are recorded: the listener may answer 202.
+    pub fn done(&self) {
+        self.send(AckVerdict::Recorded);
+    }
+
+    /// The notification was refused (wrong tenant): the listener answers 401.
+    pub fn refuse(&self) {
+        self.send(AckVerdict::WrongTenant);
     }
 }
 

@@ -61,6 +61,8 @@ pub struct CallbackOptions {
     /// acknowledged is never lost to a crash). `None` (default): 202 as soon
     /// as it is queued.
     pub ack_timeout: Option<Duration>,
+    /// Connection cap, header-read and idle timeouts (see `docs/callback.md`).
+    pub limits: super::limits::ListenerLimits,
 }
 
 impl CallbackOptions {
@@ -79,6 +81,7 @@ impl CallbackOptions {
             key_refresh_interval: Duration::from_secs(24 * 3600),
             unknown_kid_min_interval: Duration::from_secs(60),
             ack_timeout: None,
+            limits: super::limits::ListenerLimits::default(),
         }
     }
 
@@ -106,6 +109,12 @@ impl CallbackOptions {
             open_id_config_url: cfg.open_id_config_url.clone(),
             validate_tokens: cfg.validate_tokens,
             path,
+            body_timeout: cfg.body_read_timeout,
+            limits: super::limits::ListenerLimits {
+                max_connections: cfg.max_connections.max(1),
+                header_read_timeout: cfg.header_read_timeout,
+                idle_timeout: cfg.idle_timeout,
+            },
             ..CallbackOptions::new(client_id)
         })
     }
@@ -121,6 +130,10 @@ pub struct CallbackStats {
     pub overloaded: AtomicU64,
     /// Wrong path or method, body timeouts.
     pub other: AtomicU64,
+    /// Validly signed, but for another tenant than the run's (401).
+    pub wrong_tenant: AtomicU64,
+    /// Connections closed at once because `callback.maxConnections` were open.
+    pub refused_connections: AtomicU64,
     /// Call events handed to the daemon.
     pub events: AtomicU64,
 }
@@ -135,6 +148,8 @@ pub struct CallbackCounts {
     pub too_large: u64,
     pub overloaded: u64,
     pub other: u64,
+    pub wrong_tenant: u64,
+    pub refused_connections: u64,
     pub events: u64,
 }
 
@@ -148,6 +163,8 @@ impl CallbackStats {
             too_large: g(&self.too_large),
             overloaded: g(&self.overloaded),
             other: g(&self.other),
+            wrong_tenant: g(&self.wrong_tenant),
+            refused_connections: g(&self.refused_connections),
             events: g(&self.events),
         }
     }
@@ -434,15 +451,35 @@ async fn notify(State(st): State<CallbackState>, req: Request) -> Response {
     };
     let inbound = Inbound {
         run_id: run_id(parts.uri.query()),
+        attempt: attempt(parts.uri.query()),
         tenant_id,
         events,
         ack,
     };
     match st.inner.tx.try_send(inbound) {
         Ok(()) => {
-            if let Some((t, rx)) = recorded
-                && !matches!(tokio::time::timeout(t, rx).await, Ok(Ok(())))
-            {
+            let verdict = match recorded {
+                Some((t, rx)) => match tokio::time::timeout(t, rx).await {
+                    Ok(Ok(v)) => Some(v),
+                    _ => None,
+                },
+                None => Some(crate::callback::AckVerdict::Recorded),
+            };
+            if verdict == Some(crate::callback::AckVerdict::WrongTenant) {
+                bump(&stats.wrong_tenant);
+                st.refused(
+                    StatusCode::UNAUTHORIZED,
+                    "token tenant is not the run's tenant",
+                );
+                let mut r = plain(
+                    StatusCode::UNAUTHORIZED,
+                    "the token's tenant (tid) is not the tenant of the run",
+                );
+                r.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                return r;
+            }
+            if verdict.is_none() {
                 // not recorded (stopping, or too slow): Graph re-delivers
                 bump(&stats.overloaded);
                 st.refused(StatusCode::SERVICE_UNAVAILABLE, "not recorded in time");
@@ -498,6 +535,13 @@ fn run_id(query: Option<&str>) -> Option<String> {
         .filter(|v| !v.is_empty() && v.len() <= MAX_RUN_ID_LEN)
 }
 
+/// The request's `calldAttempt` query value.
+fn attempt(query: Option<&str>) -> Option<u32> {
+    url::form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == "calldAttempt")
+        .and_then(|(_, v)| v.parse().ok())
+}
+
 /// Serve notifications on `listener` until `shutdown` completes, then stop
 /// accepting and let requests in progress finish. Loads the signing keys
 /// first unless the caller already tried (`state.keys()?.refresh()`); a
@@ -530,25 +574,21 @@ pub async fn serve(
             Some(AbortOnDrop(tokio::spawn(keys.run_refresher(every, ok))))
         }
     };
+    let limits = state.options().limits;
+    let stats = state.stats();
     let app = router(state);
     match tls {
         None => {
-            tracing::info!(%addr, "notification listener up (plain HTTP)");
+            tracing::info!(%addr, max_connections = limits.max_connections, "notification listener up (plain HTTP)");
             let listener = listener.tap_io(|tcp| {
                 let _ = tcp.set_nodelay(true);
             });
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-                .context("callback listener")?;
+            super::limits::serve_limited(listener, app, limits, stats, shutdown).await;
         }
         Some(cfg) => {
-            tracing::info!(%addr, "notification listener up (TLS)");
+            tracing::info!(%addr, max_connections = limits.max_connections, "notification listener up (TLS)");
             let listener = TlsListener::new(listener, cfg).context("callback listener")?;
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-                .context("callback listener")?;
+            super::limits::serve_limited(listener, app, limits, stats, shutdown).await;
         }
     }
     Ok(())

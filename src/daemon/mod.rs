@@ -83,6 +83,8 @@ pub struct Runtime {
     /// (nothing may reach an outside host).
     pub sandbox_callback: Option<String>,
     pub client: Arc<GraphClient>,
+    /// Keeps the token fresh off the decision path; the decision reads it.
+    pub keeper: Arc<crate::graph::keeper::TokenKeeper>,
     pub ledger: SharedLedger,
     pub jitter_seed: u64,
     /// `--once`: place what is due now, wait for the outcomes, exit.
@@ -256,23 +258,51 @@ impl Controller {
                 .map(|r| (r.spec.clone(), r))
                 .collect();
             let last_slots = l.last_slots()?;
-            Ok((runs, progress, latest, last_slots))
+            let promises = l.call_promises()?;
+            let not_before = l.not_before_times()?;
+            Ok((runs, progress, latest, last_slots, promises, not_before))
         };
-        let (mut runs, mut progress, mut latest, mut last_slots) =
+        let (mut runs, mut progress, mut latest, mut last_slots, mut promises, mut not_before) =
             with_ledger(&self.rt.ledger, read).await?;
         // Renames, held names, upgrades: before the decision (docs/runs.md).
         let ident = self.identity_step(now, &runs, &latest, &last_slots).await?;
         if ident.ledger_changed {
-            (runs, progress, latest, last_slots) = with_ledger(&self.rt.ledger, read).await?;
+            (runs, progress, latest, last_slots, promises, not_before) =
+                with_ledger(&self.rt.ledger, read).await?;
             self.write_specs_report();
         }
         // A run whose request task is running is in flight whatever the ledger says.
         for id in &self.in_flight {
             progress.entry(id.clone()).or_default().in_flight = true;
         }
+        for (id, t) in not_before {
+            if let Some(p) = progress.get_mut(&id) {
+                p.not_before = Some(t);
+            } else {
+                progress.insert(
+                    id,
+                    ledger::RunProgress {
+                        not_before: Some(t),
+                        ..Default::default()
+                    },
+                );
+            }
+        }
         self.calls.retain(|id, _| runs.iter().any(|r| &r.id == id));
+        // The promises of calls in progress come from the ledger (they
+        // survive a restart); what this process sent since is at least as new.
+        for (id, p) in promises {
+            let m = self.calls.entry(id).or_default();
+            m.placed_hangup_after = Some(p.hangup_after);
+            m.last_keep_alive = m.last_keep_alive.max(p.last_keep_alive);
+            m.hangup_requested_at = m.hangup_requested_at.max(p.hangup_requested_at);
+        }
         self.due = runs.iter().map(|r| (r.id.clone(), r.due_at)).collect();
-        let granted = self.granted_roles().await;
+        let health = self.rt.keeper.health();
+        let granted = self.granted_roles(&health);
+        // Live mode: nothing is placed before the token keeper's first answer
+        // (the roles are checked first), nor while no token can be had.
+        let blocked = self.rt.sandbox_callback.is_none() && (health.blocked() || !health.checked);
         let input = reconcile::Input {
             now,
             specs: &self.specs.specs,
@@ -293,6 +323,9 @@ impl Controller {
                     .daemon
                     .keep_alive_interval
                     .max(Duration::from_secs(1)),
+                placement_blocked: blocked,
+                transient_retry_window: self.rt.config.daemon.transient_retry_window,
+                max_call_duration: self.rt.config.daemon.max_call_duration,
                 ..Settings::default()
             },
         };
@@ -308,6 +341,12 @@ impl Controller {
                 tracing::debug!(error = %e, "action skipped");
             }
         }
+        if blocked && let Some(problem) = &health.problem {
+            // the open runs, and those this decision inserted
+            let mut all: Vec<Run> = runs.clone();
+            all.extend(inserted.into_values());
+            self.note_waiting(&all, &problem.describe(), now).await;
+        }
         self.update_status(&runs);
         let wake = match (decision.wake_at, ident.wake_at) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -316,20 +355,52 @@ impl Controller {
         Ok(wake)
     }
 
+    /// Nothing can be placed (no token): the due `scheduled` runs say why
+    /// in their reason (`waiting: token endpoint: ... since ...`), which
+    /// `calld status` and `history` show.
+    async fn note_waiting(&mut self, runs: &[Run], why: &str, now: Timestamp) {
+        let note = format!("{}{why}", ledger::WAITING_PREFIX);
+        let due = runs
+            .iter()
+            .filter(|r| r.state == ledger::RunState::Scheduled && r.due_at <= now);
+        if self.rt.once.is_some() {
+            // `--once` waits for (and reports) the runs it could not place
+            self.watched.extend(due.clone().map(|r| r.id.clone()));
+        }
+        let ids: Vec<String> = due
+            .filter(|r| r.reason.as_deref() != Some(note.as_str()))
+            .filter(|r| {
+                r.reason
+                    .as_deref()
+                    .is_none_or(|x| x.starts_with(ledger::WAITING_PREFIX))
+            })
+            .map(|r| r.id.clone())
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        let why = why.to_string();
+        let res = with_ledger(&self.rt.ledger, move |l| {
+            for id in &ids {
+                l.note_waiting(id, &why, now)?;
+            }
+            Ok(())
+        })
+        .await;
+        if let Err(e) = res {
+            tracing::debug!(error = %e, "cannot note why runs wait");
+        }
+    }
+
     /// The token's roles (live mode), to refuse a spec whose permission is
     /// missing before calling Graph. `None` while unknown (and in sandbox
-    /// mode, where the emulator grants every role).
-    async fn granted_roles(&self) -> Option<Vec<String>> {
-        if self.rt.sandbox_callback.is_some() {
+    /// mode, where the emulator grants every role). Read from the token
+    /// keeper's last known value: the decision never waits for the network.
+    fn granted_roles(&self, health: &crate::graph::keeper::TokenHealth) -> Option<Vec<String>> {
+        if self.rt.sandbox_callback.is_some() || !health.ok {
             return None;
         }
-        match self.rt.client.tokens().token().await {
-            Ok(t) => t.roles().map(<[String]>::to_vec),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot get a Graph token; permissions are checked by Graph itself");
-                None
-            }
-        }
+        health.roles.clone()
     }
 
     async fn apply(
@@ -409,10 +480,17 @@ impl Controller {
                     .entry(id.clone())
                     .or_default()
                     .hangup_requested_at = Some(now);
+                let id2 = id.clone();
+                let _ =
+                    with_ledger(&self.rt.ledger, move |l| l.record_call_op(&id2, true, now)).await;
                 self.spawn_call_op(id, call_id, "hangUp", reason);
             }
             Action::KeepAlive { id, call_id, .. } => {
                 self.calls.entry(id.clone()).or_default().last_keep_alive = Some(now);
+                // durable first: a restart sends an overdue keepAlive once
+                let id2 = id.clone();
+                let _ =
+                    with_ledger(&self.rt.ledger, move |l| l.record_call_op(&id2, false, now)).await;
                 self.spawn_call_op(id, call_id, "keepAlive", String::new());
             }
             Action::Place { id, key } => {
@@ -458,9 +536,16 @@ impl Controller {
         let now = crate::clock::now();
         let id2 = id.clone();
         // The run row says `requesting` on disk before the request leaves.
-        let attempt =
-            with_ledger(&self.rt.ledger, move |l| l.mark_requesting(&id2, None, now)).await?;
+        // ...with the call's promise (its hangupAfter as placed).
+        let hangup_after = spec.hangup_after;
+        let attempt = with_ledger(&self.rt.ledger, move |l| {
+            l.mark_requesting_with(&id2, hangup_after, now)
+        })
+        .await?;
         self.in_flight.insert(id.clone());
+        // a new call: nothing sent for it yet (an earlier attempt's
+        // keepAlive or hang-up times do not carry over)
+        self.calls.remove(&id);
         if let Some(due) = self.due_of(&id) {
             let lag = now.duration_since(due);
             self.rt
@@ -475,6 +560,11 @@ impl Controller {
             let uri = render::callback_uri_for_run(local, &id);
             body["callbackUri"] = json!(uri);
         }
+        // Each attempt has its own call: its notifications say which.
+        if let Some(uri) = body.get("callbackUri").and_then(|u| u.as_str()) {
+            let uri = with_attempt_marker(uri, attempt);
+            body["callbackUri"] = json!(uri);
+        }
         let url = self.rt.client.create_url();
         let client = self.rt.client.clone();
         let ledger = self.rt.ledger.clone();
@@ -482,7 +572,8 @@ impl Controller {
         let metrics = self.rt.metrics.clone();
         tracing::info!(run = %id, spec = %spec.name, attempt, "placing call");
         tokio::spawn(async move {
-            let result = client.create_call(&url, &body).await;
+            let result = client.create_call_once(&url, &body).await;
+            test_hook_stall_after_create().await;
             for a in &result.attempts {
                 let secs = a.finished_at.duration_since(a.started_at);
                 metrics.graph_request(
@@ -586,6 +677,8 @@ impl Controller {
                 batch.push(ledger::StateNotice {
                     // calldRun first; else the Graph call id
                     run_id: n.run_id.clone(),
+                    attempt: n.attempt,
+                    tenant_id: n.tenant_id.clone(),
                     update: CallStateUpdate {
                         state: ledger::CallState::from(state.as_str()),
                         call_id: event.call_id.clone(),
@@ -599,6 +692,7 @@ impl Controller {
             }
         }
         let mut recorded = vec![true; inbound.len()];
+        let mut wrong_tenant = vec![false; inbound.len()];
         if !batch.is_empty() {
             let notices = batch.clone();
             match with_ledger(&self.rt.ledger, move |l| {
@@ -626,6 +720,11 @@ impl Controller {
                                     "notification for a call calld did not place; ignored"
                                 )
                             }
+                            Err(e @ ledger::LedgerError::WrongTenant { .. }) => {
+                                self.rt.metrics.notification("wrongTenant");
+                                tracing::warn!(error = %e, "notification refused (401): signed for another tenant than its run's");
+                                wrong_tenant[*owner] = true;
+                            }
                             Err(e) => {
                                 tracing::warn!(error = %e, "cannot record a notification; Graph is asked to send it again");
                                 recorded[*owner] = false;
@@ -641,8 +740,10 @@ impl Controller {
         }
         // Recorded (or not ours): the listener may answer 202; otherwise
         // dropping the ack answers 503 and Graph delivers it again.
-        for (n, ok) in inbound.iter().zip(recorded) {
-            if ok {
+        for ((n, ok), wrong) in inbound.iter().zip(recorded).zip(wrong_tenant) {
+            if wrong {
+                n.ack.refuse();
+            } else if ok {
                 n.ack.done();
             }
         }
@@ -715,9 +816,11 @@ impl Controller {
     }
 }
 
-/// Records a create request's attempts and result. Attempt 1 was opened by
-/// `mark_requesting`; the client's own re-sends (429, 503, connect errors)
-/// are recorded as further attempts.
+/// Records a create request's attempts and result in ONE transaction
+/// (`SqliteLedger::record_create`): the 201's call id and `placed` together;
+/// a request Graph did not process (429, 503 with `Retry-After`, refused
+/// connection, no token) sends the run back to `scheduled` with its
+/// earliest next try, durably, before any wait.
 async fn record_create(
     ledger: &SharedLedger,
     id: &str,
@@ -729,53 +832,128 @@ async fn record_create(
     let spec_name = spec.name.clone();
     with_ledger(ledger, move |l| {
         let now = crate::clock::now();
-        let final_disposition = match &result.outcome {
-            CreateOutcome::Placed { .. } => Disposition::Placed,
-            CreateOutcome::Rejected { .. } => Disposition::Rejected,
-            CreateOutcome::Failed { .. } => Disposition::Failed,
-            CreateOutcome::Unknown { .. } => Disposition::Unknown,
-        };
-        let call_id = match &result.outcome {
-            CreateOutcome::Placed { call_id, .. } => Some(call_id.clone()),
-            _ => None,
-        };
-        let reason = match &result.outcome {
-            CreateOutcome::Placed { .. } => None,
-            CreateOutcome::Rejected { status, error } => Some(format!("HTTP {status}: {}", error.summary())),
-            CreateOutcome::Failed { reason } | CreateOutcome::Unknown { reason } => Some(reason.clone()),
-        };
-        if result.attempts.is_empty() {
-            // Nothing was sent (no token): close attempt 1 as failed.
-            let r = AttemptResult {
-                disposition: Some(final_disposition),
-                error_message: reason.clone(),
-                ..AttemptResult::default()
-            };
-            l.finish_attempt(&id, first, &r, now)?;
-        }
+        let (end, reason) = create_end(&result);
         let last = result.attempts.len().saturating_sub(1);
-        for (i, a) in result.attempts.iter().enumerate() {
-            let number = if i == 0 { first } else { l.begin_attempt(&id, Some(&a.client_request_id), a.started_at)? };
-            let disposition = if i == last { final_disposition } else { Disposition::Failed };
-            let r = AttemptResult {
-                disposition: Some(disposition),
-                http_status: a.status,
-                error_code: a.error_code.clone(),
-                error_message: a.error_message.clone().or_else(|| if i == last { reason.clone() } else { None }),
-                request_id: a.request_id.clone(),
-                client_request_id: Some(a.client_request_id.clone()),
-            };
-            l.finish_attempt(&id, number, &r, a.finished_at)?;
-        }
-        if let Some(call_id) = &call_id {
-            l.mark_placed(&id, call_id, now)?;
-            tracing::info!(run = %id, spec = %spec_name, call_id = %call_id, "call placed");
-        } else {
-            tracing::warn!(run = %id, spec = %spec_name, result = final_disposition.as_str(), reason = reason.as_deref().unwrap_or(""), "create request did not place the call");
+        let final_disposition = match &end {
+            ledger::CreateEnd::Placed { .. } => Disposition::Placed,
+            ledger::CreateEnd::Requeue { .. } => Disposition::Failed,
+            ledger::CreateEnd::Closed => match &result.outcome {
+                CreateOutcome::Rejected { .. } => Disposition::Rejected,
+                CreateOutcome::Failed { .. } => Disposition::Failed,
+                _ => Disposition::Unknown,
+            },
+        };
+        let steps: Vec<ledger::CreateStep> = result
+            .attempts
+            .iter()
+            .enumerate()
+            .map(|(i, a)| ledger::CreateStep {
+                result: AttemptResult {
+                    disposition: Some(if i == last {
+                        final_disposition
+                    } else {
+                        Disposition::Failed
+                    }),
+                    http_status: a.status,
+                    error_code: a.error_code.clone(),
+                    error_message: a.error_message.clone().or_else(|| {
+                        if i == last {
+                            reason.clone()
+                        } else {
+                            None
+                        }
+                    }),
+                    request_id: a.request_id.clone(),
+                    client_request_id: Some(a.client_request_id.clone()),
+                },
+                started_at: a.started_at,
+                finished_at: a.finished_at,
+                client_request_id: a.client_request_id.clone(),
+            })
+            .collect();
+        let done = l.record_create(&id, first, &steps, &end, now)?;
+        match &end {
+            ledger::CreateEnd::Placed { call_id } => {
+                tracing::info!(run = %id, spec = %spec_name, call_id = %call_id, "call placed")
+            }
+            ledger::CreateEnd::Requeue { error, .. } => {
+                let at = done.not_before.map(|t| t.to_string()).unwrap_or_default();
+                tracing::warn!(run = %id, spec = %spec_name, error = %error, next_try = %at, "create request not processed by Graph; the run stays scheduled")
+            }
+            ledger::CreateEnd::Closed => {
+                tracing::warn!(run = %id, spec = %spec_name, result = final_disposition.as_str(), reason = reason.as_deref().unwrap_or(""), "create request did not place the call")
+            }
         }
         Ok(())
     })
     .await
+}
+
+/// How a create result ends in the ledger, and the reason to record.
+fn create_end(result: &CreateResult) -> (ledger::CreateEnd, Option<String>) {
+    match &result.outcome {
+        CreateOutcome::Placed { call_id, .. } => (
+            ledger::CreateEnd::Placed {
+                call_id: call_id.clone(),
+            },
+            None,
+        ),
+        CreateOutcome::Rejected { status, error } => (
+            ledger::CreateEnd::Closed,
+            Some(format!("HTTP {status}: {}", error.summary())),
+        ),
+        CreateOutcome::Unknown { reason } => (ledger::CreateEnd::Closed, Some(reason.clone())),
+        CreateOutcome::Failed { reason } => {
+            let last = result.attempts.last();
+            // A request that could not even be built is a bug, not a passing trouble.
+            if last.is_some_and(|a| a.error_code.as_deref() == Some("invalidRequest")) {
+                return (ledger::CreateEnd::Closed, Some(reason.clone()));
+            }
+            let retry_after = match last.map(|a| a.disposition) {
+                Some(crate::graph::Disposition::Retry { after }) => Some(after),
+                _ => None,
+            };
+            (
+                ledger::CreateEnd::Requeue {
+                    retry_after,
+                    error: reason.clone(),
+                },
+                Some(reason.clone()),
+            )
+        }
+    }
+}
+
+/// The callbackUri with `calldAttempt=<n>` (next to `calldRun`): the
+/// notifications of each attempt's call say which attempt they are about.
+pub fn with_attempt_marker(uri: &str, attempt: u32) -> String {
+    match url::Url::parse(uri) {
+        Ok(mut url) => {
+            url.query_pairs_mut()
+                .append_pair("calldAttempt", &attempt.to_string());
+            url.to_string()
+        }
+        Err(_) => uri.to_string(),
+    }
+}
+
+/// Test hook (`CALLD_TEST_HOOKS=1` and `CALLD_TEST_STALL_AFTER_CREATE=<ms>`):
+/// waits between a create's answer and its ledger write, so a test can
+/// kill -9 the daemon in that window.
+async fn test_hook_stall_after_create() {
+    if std::env::var_os("CALLD_TEST_HOOKS").is_none() {
+        return;
+    }
+    if let Some(ms) = std::env::var("CALLD_TEST_STALL_AFTER_CREATE")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        tracing::warn!(
+            ms,
+            "test hook: stalling between the create's answer and its record"
+        );
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
 }
 
 /// A run that ends `rejected`, `failed` or `unknown` after a request: its

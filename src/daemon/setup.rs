@@ -41,6 +41,10 @@ const SANDBOX_TENANT: &str = "00000000-0000-0000-0000-000000000000";
 
 /// `CALLD_*` environment variables override the file (flags override both).
 /// Documented in the README ("Configuration").
+/// `/readyz` until the calls directory has been read once.
+const DIR_NOT_READ: &str = "the calls directory has not been read yet (missing or unreadable); \
+                            nothing is placed or canceled until it is";
+
 pub fn apply_env_overrides(
     config: &mut Config,
     env: &dyn Fn(&str) -> Option<String>,
@@ -324,12 +328,18 @@ async fn run_async(
         &metrics,
         &specs_json,
         &ledger,
-        client.tokens().clone(),
         events_tx.clone(),
     );
     let admin_task = start_admin(&config.admin.listen, admin_state.clone(), shutdown()).await;
     let sandbox = sandbox_callback.is_some();
+    let client = Arc::new(client);
+    // The token (and its roles) is kept fresh by a task of its own: the
+    // controller never waits for the token endpoint.
+    let keeper = crate::graph::keeper::TokenKeeper::spawn(client.tokens().clone());
+    let mut refresh_counts = crate::graph::auth::RefreshCounts::default();
+    let mut token_health = keeper.subscribe();
     let rt = Runtime {
+        keeper: keeper.clone(),
         metrics,
         notifier: notifier.clone(),
         specs_json,
@@ -339,7 +349,7 @@ async fn run_async(
         state_dir,
         public_url,
         sandbox_callback,
-        client: Arc::new(client),
+        client,
         ledger: ledger.clone(),
         once,
     };
@@ -352,11 +362,11 @@ async fn run_async(
     }
     controller.load_snapshot(&first);
     let invalid_at_start = controller.invalid_report();
-    admin_state.set_not_ready_reason(if controller.dir_known {
-        "starting"
+    admin_state.set_not_ready_reason(Some(if controller.dir_known {
+        "starting".to_string()
     } else {
-        "the calls directory has not been read yet (missing or unreadable); nothing is placed or canceled until it is"
-    });
+        DIR_NOT_READ.to_string()
+    }));
     // systemd: the first full load is done and the ledger is open.
     let _ = notifier.ready();
     let mut ready = false;
@@ -376,6 +386,13 @@ async fn run_async(
     let once_deadline = once.map(|t| tokio::time::Instant::now() + t);
     let mut prune_at = tokio::time::Instant::now();
 
+    // `--once` decides once the token keeper has answered (a token, or why
+    // there is none), so that what is due is placed or reported.
+    if let Some(t) = once
+        && !sandbox
+    {
+        let _ = tokio::time::timeout(t, token_health.wait_for(|h| h.checked)).await;
+    }
     let mut listener_counts = crate::callback::CallbackCounts::default();
     let exit = loop {
         let wake = controller.decide().await?;
@@ -384,14 +401,38 @@ async fn run_async(
             &callback_stats.snapshot(),
             &mut listener_counts,
         );
-        if !ready && !controller.dir_known {
-            admin_state.set_not_ready_reason(
-                "the calls directory has not been read yet (missing or unreadable); nothing is placed or canceled until it is",
-            );
-        } else if !ready && (sandbox || controller.rt.client.tokens().token().await.is_ok()) {
-            // /readyz: loaded, ledger open, and a token obtained (or sandbox)
-            ready = true;
-            admin_state.set_ready(true);
+        {
+            // every token request (the keeper's, and a request's after a 401)
+            let now = controller.rt.client.tokens().refresh_counts();
+            for (result, new, old) in [
+                ("ok", now.ok, refresh_counts.ok),
+                ("transient", now.transient, refresh_counts.transient),
+                ("environment", now.environment, refresh_counts.environment),
+            ] {
+                controller
+                    .rt
+                    .metrics
+                    .token_refreshes_add(result, new.saturating_sub(old));
+            }
+            refresh_counts = now;
+        }
+        {
+            // /readyz: loaded, ledger open, and a token at hand (or sandbox);
+            // else why nothing is placed. Read, never awaited.
+            let health = keeper.health();
+            // ... and the calls directory read once (docs/runs.md: unknown is
+            // not empty).
+            let now_ready = controller.dir_known && (sandbox || health.ok);
+            let reason = if !controller.dir_known {
+                Some(DIR_NOT_READ.to_string())
+            } else {
+                health.problem.as_ref().map(|p| p.describe())
+            };
+            if now_ready != ready || admin_state.not_ready_reason() != reason {
+                ready = now_ready;
+                admin_state.set_ready(ready);
+                admin_state.set_not_ready_reason(if ready { None } else { reason });
+            }
         }
         if once.is_some()
             && let Some(runs) = controller.once_done().await?
@@ -445,6 +486,12 @@ async fn run_async(
                 }
                 controller.on_notifications(batch).await;
             }
+            changed = token_health.changed() => {
+                if changed.is_err() {
+                    anyhow::bail!("the token keeper stopped");
+                }
+                token_health.borrow_and_update();
+            }
             Some(event) = events_rx.recv() => {
                 controller.on_event(event).await;
                 while let Ok(more) = events_rx.try_recv() {
@@ -472,6 +519,14 @@ async fn run_async(
                         // Graph, callback and admin settings need a restart
                         controller.rt.config.defaults = new.defaults;
                         controller.rt.config.daemon = new.daemon;
+                        // the secret or certificate, re-read: a wrong one
+                        // fixed needs no restart
+                        if !sandbox {
+                            match TokenSourceConfig::from_graph_config(&new.graph) {
+                                Ok(c) => controller.rt.client.tokens().set_credential(c.credential),
+                                Err(e) => tracing::warn!("SIGHUP: graph credential not reloaded: {e}"),
+                            }
+                        }
                         let snap = snapshots.borrow().clone();
                         controller.load_snapshot(&snap);
                         tracing::info!("SIGHUP: configuration reloaded; rescanning the calls directory");
@@ -479,6 +534,8 @@ async fn run_async(
                     Err(e) => tracing::error!("SIGHUP: configuration not reloaded, keeping the old one: {e}"),
                 }
                 source_guard.request_rescan();
+                // try the token endpoint again now
+                keeper.kick();
                 let _ = notifier.ready();
             }
         }
@@ -537,7 +594,6 @@ fn admin_state(
     metrics: &crate::metrics::Metrics,
     specs: &Arc<Mutex<serde_json::Value>>,
     ledger: &super::SharedLedger,
-    tokens: Arc<crate::graph::TokenSource>,
     events: mpsc::Sender<Event>,
 ) -> crate::admin::AdminState {
     let specs = specs.clone();
@@ -610,7 +666,6 @@ fn admin_state(
             Ok(crate::dashboard::render(&doc, &report, &recent, now))
         })
         .with_refresh(move || {
-            metrics3.set_token_refreshes(tokens.fetch_count(), tokens.fetch_failure_count());
             let report = specs3.lock().unwrap_or_else(|p| p.into_inner()).clone();
             let l = ledger3.lock().unwrap_or_else(|p| p.into_inner());
             if let Err(e) =
@@ -669,6 +724,12 @@ fn sync_listener_counts(
         ("tooLarge", now.too_large, last.too_large),
         ("overloaded", now.overloaded, last.overloaded),
         ("other", now.other, last.other),
+        ("wrongTenant", now.wrong_tenant, last.wrong_tenant),
+        (
+            "connectionRefused",
+            now.refused_connections,
+            last.refused_connections,
+        ),
     ] {
         metrics.notifications_add(result, new.saturating_sub(old));
     }

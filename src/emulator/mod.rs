@@ -36,7 +36,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use config::{EmulatorConfig, ScriptedFault};
-pub use server::ReceivedRequest;
+pub use server::{ReceivedRequest, TokenFault};
 
 use keys::SigningKey;
 use server::Shared;
@@ -141,6 +141,12 @@ impl EmulatorHandle {
     }
 
     /// Replaces the fault script: the next creates get these, in order.
+    /// Makes the token endpoint fail (`None`: work again), for `for_` or
+    /// until changed.
+    pub fn set_token_fault(&self, fault: Option<TokenFault>, for_: Option<std::time::Duration>) {
+        self.shared.set_token_fault(fault, for_);
+    }
+
     pub fn set_fault_script(&self, script: Vec<ScriptedFault>) {
         self.shared.set_fault_script(script);
     }

@@ -76,6 +76,15 @@ struct Log {
     entries: VecDeque<ReceivedRequest>,
 }
 
+/// A fault of the token endpoint (`EmulatorHandle::set_token_fault`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenFault {
+    /// 503 `temporarily_unavailable`.
+    Unavailable,
+    /// No answer until the fault ends.
+    Hang,
+}
+
 /// One live call.
 struct CallEntry {
     id: String,
@@ -108,6 +117,8 @@ pub(crate) struct Shared {
     calls: Mutex<HashMap<String, Arc<CallEntry>>>,
     log: Mutex<Log>,
     faults: Mutex<FaultPicker>,
+    /// A fault of the token endpoint, until an instant (None: for good).
+    token_fault: Mutex<Option<(TokenFault, Option<Instant>)>>,
     http: reqwest::Client,
     shutdown: watch::Receiver<bool>,
 }
@@ -143,6 +154,7 @@ impl Shared {
             .build()?;
         Ok(Shared {
             faults: Mutex::new(FaultPicker::new(&config.faults)),
+            token_fault: Mutex::new(None),
             config,
             base_url,
             key,
@@ -163,6 +175,22 @@ impl Shared {
     pub(crate) fn reset(&self) {
         lock(&self.log).entries.clear();
         lock(&self.faults).set_script([]);
+    }
+
+    /// Makes the token endpoint fail (`None`: work again), for `for_` or for good.
+    pub(crate) fn set_token_fault(&self, fault: Option<TokenFault>, for_: Option<Duration>) {
+        *lock(&self.token_fault) = fault.map(|f| (f, for_.map(|d| Instant::now() + d)));
+    }
+
+    /// The token fault in force now, and until when.
+    fn token_fault_now(&self) -> Option<(TokenFault, Option<Instant>)> {
+        let mut slot = lock(&self.token_fault);
+        if let Some((_, Some(until))) = *slot
+            && Instant::now() >= until
+        {
+            *slot = None;
+        }
+        *slot
     }
 
     pub(crate) fn set_fault_script(&self, script: Vec<ScriptedFault>) {
@@ -1105,6 +1133,30 @@ async fn token(
         call_id: None,
         fault: None,
     });
+    match shared.token_fault_now() {
+        Some((TokenFault::Unavailable, _)) => {
+            shared.update(seq, |r| r.status = Some(503));
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(json!({
+                    "error": "temporarily_unavailable",
+                    "error_description": "AADSTS50196: The server is temporarily unavailable (emulated outage).",
+                    "error_codes": [50196],
+                    "trace_id": trace_id,
+                    "correlation_id": correlation_id,
+                })),
+            )
+                .into_response();
+        }
+        Some((TokenFault::Hang, until)) => {
+            // Answer nothing until the fault ends (then answer normally).
+            let wait = until
+                .map(|u| u.saturating_duration_since(Instant::now()))
+                .unwrap_or(HANG_LIMIT);
+            tokio::time::sleep(wait).await;
+        }
+        None => {}
+    }
     let bases = shared.bases(headers);
     let ctx = TokenContext {
         tenant_in_path: tenant,

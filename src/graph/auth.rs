@@ -417,8 +417,20 @@ pub struct TokenSource {
     refresh: tokio::sync::Mutex<()>,
     /// Token requests sent (metrics, tests).
     fetches: AtomicU64,
-    /// Token requests that failed (for `calld_token_refreshes_total`).
-    fetch_failures: AtomicU64,
+    /// A credential set after start ([`TokenSource::set_credential`], SIGHUP).
+    credential_override: RwLock<Option<Credential>>,
+    /// Token requests by outcome: ok, transient, environment.
+    outcomes: [AtomicU64; 3],
+}
+
+/// How many token requests ended how ([`TokenSource::refresh_counts`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RefreshCounts {
+    pub ok: u64,
+    /// Unreachable, timed out, 5xx, throttled.
+    pub transient: u64,
+    /// Refused: wrong secret, missing consent, bad certificate.
+    pub environment: u64,
 }
 
 impl fmt::Debug for TokenSource {
@@ -444,7 +456,8 @@ impl TokenSource {
             cache: RwLock::new(None),
             refresh: tokio::sync::Mutex::new(()),
             fetches: AtomicU64::new(0),
-            fetch_failures: AtomicU64::new(0),
+            credential_override: RwLock::new(None),
+            outcomes: Default::default(),
         }
     }
 
@@ -452,14 +465,38 @@ impl TokenSource {
         &self.cfg
     }
 
+    /// Replaces the secret or certificate used from the next token request
+    /// on (the daemon re-reads it on SIGHUP, so a fixed secret needs no
+    /// restart). The current token, if any, is kept while it is valid.
+    pub fn set_credential(&self, credential: Credential) {
+        *self
+            .credential_override
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(credential);
+    }
+
+    /// The credential in use: the one set last, else the configured one.
+    fn credential(&self) -> Credential {
+        self.credential_override
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_else(|| self.cfg.credential.clone())
+    }
+
+    /// Token requests so far, by outcome (for `calld_token_refreshes_total`).
+    pub fn refresh_counts(&self) -> RefreshCounts {
+        let g = |i: usize| self.outcomes[i].load(Ordering::Relaxed);
+        RefreshCounts {
+            ok: g(0),
+            transient: g(1),
+            environment: g(2),
+        }
+    }
+
     /// Token requests sent so far.
     pub fn fetch_count(&self) -> u64 {
         self.fetches.load(Ordering::Relaxed)
-    }
-
-    /// Token requests that failed so far (of [`fetch_count`](Self::fetch_count)).
-    pub fn fetch_failure_count(&self) -> u64 {
-        self.fetch_failures.load(Ordering::Relaxed)
     }
 
     fn cached(&self) -> Option<Arc<AccessToken>> {
@@ -483,14 +520,22 @@ impl TokenSource {
             // Someone else refreshed while we waited.
             return Ok(t.clone());
         }
-        match self.fetch().await {
+        let fetched = self.fetch().await;
+        let slot = match &fetched {
+            Ok(_) => 0,
+            Err(e) => match super::retry::classify_auth(e) {
+                super::retry::FailureClass::Environment => 2,
+                _ => 1,
+            },
+        };
+        self.outcomes[slot].fetch_add(1, Ordering::Relaxed);
+        match fetched {
             Ok(t) => {
                 let t = Arc::new(t);
                 *self.cache.write().unwrap_or_else(|p| p.into_inner()) = Some(t.clone());
                 Ok(t)
             }
             Err(e) => {
-                self.fetch_failures.fetch_add(1, Ordering::Relaxed);
                 match current {
                     Some(old) if (self.clock)() < old.expires_at => {
                         tracing::warn!(error = %e, "token refresh failed; the current token is still valid");
@@ -520,7 +565,7 @@ impl TokenSource {
             ("client_id", self.cfg.client_id.clone()),
             ("scope", self.cfg.scope.clone()),
         ];
-        match &self.cfg.credential {
+        match &self.credential() {
             Credential::Secret(s) => form.push(("client_secret", s.expose().to_string())),
             Credential::Certificate(c) => {
                 let jti = uuid::Uuid::new_v4().to_string();
@@ -625,7 +670,7 @@ impl TokenSource {
     /// Removes the client secret from text that came from elsewhere (an error
     /// page that echoes the request must not leak it).
     fn scrub(&self, text: &str) -> String {
-        match &self.cfg.credential {
+        match &self.credential() {
             Credential::Secret(s) if !s.expose().is_empty() => {
                 text.replace(s.expose(), "<redacted>")
             }

@@ -213,9 +213,24 @@ impl GraphClient {
     /// (see [`create_url`](Self::create_url)). Never sent twice when it may
     /// have reached Graph.
     pub async fn create_call(&self, url: &str, body: &serde_json::Value) -> CreateResult {
+        self.create(url, body, true).await
+    }
+
+    /// [`create_call`](Self::create_call) without waiting in the client:
+    /// when Graph answers "not now" (429, 503 with `Retry-After`) or the
+    /// connection fails before sending, it returns at once as `Failed`, its
+    /// last attempt's disposition `Retry { after }` saying how long to wait.
+    /// The daemon records that durably and waits with the run `scheduled`
+    /// (a stop or crash during the wait then loses nothing). A 401 is still
+    /// retried once at once with a fresh token.
+    pub async fn create_call_once(&self, url: &str, body: &serde_json::Value) -> CreateResult {
+        self.create(url, body, false).await
+    }
+
+    async fn create(&self, url: &str, body: &serde_json::Value, wait: bool) -> CreateResult {
         let bytes = bytes::Bytes::from(body.to_string());
         let (fin, mut attempts) = self
-            .execute(Method::POST, url, Some(bytes), Operation::Create)
+            .execute(Method::POST, url, Some(bytes), Operation::Create, wait)
             .await;
         let outcome = match fin {
             Final::Success { location, body } => {
@@ -257,7 +272,9 @@ impl GraphClient {
     }
 
     async fn call_op(&self, method: Method, url: &str) -> CallOpResult {
-        let (fin, attempts) = self.execute(method, url, None, Operation::Idempotent).await;
+        let (fin, attempts) = self
+            .execute(method, url, None, Operation::Idempotent, true)
+            .await;
         let outcome = match fin {
             Final::Success { .. } => CallOpOutcome::Done,
             Final::Rejected { status: 404, error } => CallOpOutcome::Gone { error },
@@ -276,6 +293,7 @@ impl GraphClient {
         url: &str,
         body: Option<bytes::Bytes>,
         op: Operation,
+        wait: bool,
     ) -> (Final, Vec<Attempt>) {
         let mut attempts: Vec<Attempt> = Vec::new();
         let mut state = RetryState::default();
@@ -404,6 +422,13 @@ impl GraphClient {
                         },
                         attempts,
                     );
+                }
+                Disposition::Retry { after } if !wait => {
+                    let reason = format!(
+                        "{described}; nothing was processed, to be sent again in {}",
+                        crate::duration::format_duration(after)
+                    );
+                    return (Final::Failed { reason }, attempts);
                 }
                 Disposition::Retry { after } => {
                     tracing::info!(%method, url, attempt = state.attempts, wait_ms = after.as_millis() as u64,

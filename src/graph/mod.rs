@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod keeper;
 pub mod model;
 pub mod retry;
 

@@ -182,6 +182,75 @@ pub fn classify(
     }
 }
 
+/// What a failure is, for the run it hits (see `docs/runs.md`, "Failures").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum FailureClass {
+    /// It passes by itself (unreachable, timeout, 5xx, throttled): the run
+    /// stays `scheduled` and is tried again with backoff until its deadline.
+    Transient,
+    /// The environment must change (wrong secret, missing consent, a bad
+    /// certificate): treated like a transient failure (an operator fixes
+    /// it), and `/readyz` says so.
+    Environment,
+    /// The request itself is wrong (a 4xx from Graph the body caused).
+    Final,
+}
+
+impl FailureClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureClass::Transient => "transient",
+            FailureClass::Environment => "environment",
+            FailureClass::Final => "final",
+        }
+    }
+}
+
+/// Classifies a failure to get an access token. Nothing reached Graph, so
+/// no token failure is ever final for a run.
+pub fn classify_auth(e: &super::auth::AuthError) -> FailureClass {
+    use super::auth::AuthError;
+    match e {
+        AuthError::Unreachable(_) => FailureClass::Transient,
+        AuthError::Aad { status, error, .. } => {
+            if *status >= 500
+                || *status == 429
+                || *status == 408
+                || error == "temporarily_unavailable"
+                || error == "server_error"
+            {
+                FailureClass::Transient
+            } else {
+                // invalid_client (wrong secret, AADSTS7000215), unauthorized_client,
+                // invalid_grant, consent missing (AADSTS65001), unknown tenant...
+                FailureClass::Environment
+            }
+        }
+        AuthError::BadResponse { status, .. } => {
+            if *status >= 500 || *status == 429 || *status == 408 {
+                FailureClass::Transient
+            } else {
+                FailureClass::Environment
+            }
+        }
+        AuthError::Config(_) | AuthError::Certificate(_) => FailureClass::Environment,
+    }
+}
+
+/// Classifies the end of a create request that did not place a call:
+/// `Rejected` (a 4xx the body caused) is final; `Failed` (Graph processed
+/// nothing: throttled, refused connection, no token) is transient;
+/// `Unknown` is final too (it may have reached Graph: never re-sent).
+pub fn classify_create(disposition: Disposition) -> FailureClass {
+    match disposition {
+        Disposition::Failed | Disposition::Retry { .. } | Disposition::RetryWithNewToken => {
+            FailureClass::Transient
+        }
+        Disposition::Success | Disposition::Rejected | Disposition::Unknown => FailureClass::Final,
+    }
+}
+
 /// Exponential backoff with "equal jitter": half the step fixed, half random,
 /// so every wait is at least half the step. `attempts` counts from 1.
 pub fn backoff(attempts: u32, policy: &RetryPolicy, jitter: f64) -> Duration {
@@ -552,5 +621,68 @@ mod tests {
             let d = classify(Create, Observed::MaybeSent, state, &policy(), jitter);
             proptest::prop_assert_eq!(d, Unknown);
         }
+    }
+
+    #[test]
+    fn token_failures_are_never_final() {
+        use crate::graph::auth::AuthError;
+        let aad = |status: u16, error: &str| AuthError::Aad {
+            status,
+            error: error.into(),
+            description: "AADSTS7000215: Invalid client secret provided.".into(),
+            codes: vec![7000215],
+            trace_id: None,
+            correlation_id: None,
+        };
+        for (e, want) in [
+            (
+                AuthError::Unreachable("refused".into()),
+                FailureClass::Transient,
+            ),
+            (aad(401, "invalid_client"), FailureClass::Environment),
+            (aad(400, "invalid_grant"), FailureClass::Environment),
+            (aad(400, "unauthorized_client"), FailureClass::Environment),
+            (aad(503, "temporarily_unavailable"), FailureClass::Transient),
+            (aad(500, "server_error"), FailureClass::Transient),
+            (aad(429, "throttled"), FailureClass::Transient),
+            (
+                AuthError::BadResponse {
+                    status: 502,
+                    detail: "bad gateway".into(),
+                },
+                FailureClass::Transient,
+            ),
+            (
+                AuthError::BadResponse {
+                    status: 200,
+                    detail: "no token".into(),
+                },
+                FailureClass::Environment,
+            ),
+            (AuthError::Config("x".into()), FailureClass::Environment),
+            (
+                AuthError::Certificate("x".into()),
+                FailureClass::Environment,
+            ),
+        ] {
+            assert_eq!(classify_auth(&e), want, "{e}");
+            assert_ne!(classify_auth(&e), FailureClass::Final);
+        }
+    }
+
+    #[test]
+    fn create_failures() {
+        assert_eq!(
+            classify_create(Disposition::Failed),
+            FailureClass::Transient
+        );
+        assert_eq!(
+            classify_create(Disposition::Retry {
+                after: Duration::from_secs(30)
+            }),
+            FailureClass::Transient
+        );
+        assert_eq!(classify_create(Disposition::Rejected), FailureClass::Final);
+        assert_eq!(classify_create(Disposition::Unknown), FailureClass::Final);
     }
 }

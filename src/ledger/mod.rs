@@ -43,7 +43,10 @@ use std::str::FromStr;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-pub use sqlite::{LEDGER_FILE, RenameRecord, SCHEMA_VERSION, SqliteLedger};
+pub use sqlite::{
+    CallPromise, CreateEnd, CreateRecorded, CreateStep, LEDGER_FILE, RenameRecord, SCHEMA_VERSION,
+    SqliteLedger, WAITING_PREFIX, requeue_backoff,
+};
 
 /// Defines a string-valued enum with `as_str`, `Display`, `FromStr` and serde
 /// (all using the same camelCase names).
@@ -435,6 +438,13 @@ pub struct CallStateUpdate {
 pub struct StateNotice {
     /// The `calldRun` query parameter the notification arrived with.
     pub run_id: Option<String>,
+    /// The `calldAttempt` query parameter (the attempt whose create carried
+    /// this callbackUri), when present: a notification about an earlier
+    /// attempt's call is that attempt's history only.
+    pub attempt: Option<u32>,
+    /// The `tid` of the notification's token, when validated: a run of
+    /// another tenant refuses it ([`LedgerError::WrongTenant`]).
+    pub tenant_id: Option<String>,
     pub update: CallStateUpdate,
 }
 
@@ -487,8 +497,12 @@ pub struct RunProgress {
     pub last_disposition: Option<Disposition>,
     /// Whether the latest attempt is still in flight.
     pub in_flight: bool,
-    /// The latest notification state about the run's current call.
+    /// The latest notification state about the run's current call;
+    /// `terminated` once the call reached it, whatever arrived after.
     pub last_call_state: Option<CallState>,
+    /// A `scheduled` run waiting out a transient failure: not placed before
+    /// this ([`SqliteLedger::not_before_times`]; filled in by the daemon).
+    pub not_before: Option<Timestamp>,
 }
 
 /// The result of [`Ledger::insert_run`].
@@ -584,6 +598,8 @@ pub enum LedgerError {
         existing: String,
         new: String,
     },
+    #[error("run {id}: the notification was signed for tenant {tenant}, not the run's")]
+    WrongTenant { id: String, tenant: String },
     #[error("the ledger holds an unreadable value: {detail}")]
     BadData { detail: String },
     #[error("cannot open {path}: {source}")]

@@ -16,6 +16,12 @@ mod identity;
 pub use identity::RenameRecord;
 
 use super::rules::{self, NotificationEffect, Placed, Refusal, RunView};
+mod extras;
+
+pub use extras::{
+    CallPromise, CreateEnd, CreateRecorded, CreateStep, WAITING_PREFIX, requeue_backoff,
+};
+
 use super::{
     Attempt, AttemptResult, CallState, CallStateRecord, CallStateUpdate, Disposition, Finish,
     Inserted, Ledger, LedgerError, NewRun, Notified, Outcome, Result, ResultInfo, Run, RunKey,
@@ -97,6 +103,23 @@ CREATE TABLE call_states (
     r#"
 ALTER TABLE runs ADD COLUMN tries INTEGER NOT NULL DEFAULT 0;
 UPDATE runs SET tries = (SELECT COUNT(*) FROM attempts a WHERE a.run_seq = runs.seq);
+"#,
+    // 3 (issue 10, "failures"; renumber freely at merge, it only adds a
+    // table): what a run carries beyond its row. `not_before`: the earliest
+    // next try after a transient failure (a 429's Retry-After, a token
+    // outage), durable before the wait; `transient_failures`: how many in a
+    // row (backoff). The call's promises as placed: `hangup_after_ms` (the
+    // spec's hangupAfter when the request left), and when the last keepAlive
+    // and hang-up were sent, so they survive a restart and the spec's removal.
+    r#"
+CREATE TABLE run_extras (
+    run_seq             INTEGER PRIMARY KEY REFERENCES runs (seq) ON DELETE CASCADE,
+    not_before          INTEGER,
+    transient_failures  INTEGER NOT NULL DEFAULT 0,
+    hangup_after_ms     INTEGER,
+    last_keep_alive     INTEGER,
+    hangup_requested_at INTEGER
+) WITHOUT ROWID;
 "#,
 ];
 
@@ -618,7 +641,7 @@ fn refused(run: &Run, r: Refusal) -> LedgerError {
 }
 
 fn next_attempt(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     seq: i64,
     client_request_id: Option<&str>,
     now: Timestamp,
@@ -648,8 +671,140 @@ fn record_state_in(
     update: &CallStateUpdate,
     now: Timestamp,
 ) -> Result<Notified> {
+    record_state_for(tx, id, update, None, now)
+}
+
+/// [`record_state_in`] for the notification of attempt `attempt` (the
+/// `calldAttempt` of its callbackUri), when known. A notification about an
+/// earlier attempt's call (by its marker or its call id) is that attempt's
+/// history only; an exact duplicate changes nothing. The outcome follows
+/// the set of states a call reached, not their order: an `established`
+/// arriving after `terminated` still makes the call answered, reopening a
+/// run finished `notEstablished` or taking back a pending retry.
+fn record_state_for(
+    tx: &Connection,
+    id: &str,
+    update: &CallStateUpdate,
+    attempt: Option<u32>,
+    now: Timestamp,
+) -> Result<Notified> {
     let (seq, run) = load_required(tx, id)?;
     let info = update.result_info.as_ref();
+    let duplicate: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM call_states WHERE run_seq = ?1 AND state = ?2 \
+         AND call_id IS ?3 AND result_code IS ?4 AND result_subcode IS ?5)",
+        params![
+            seq,
+            update.state.as_str(),
+            update.call_id,
+            info.and_then(|i| i.code),
+            info.and_then(|i| i.subcode)
+        ],
+        |r| r.get(0),
+    )?;
+    if duplicate {
+        return Ok(Notified {
+            run,
+            change: StateChange::Recorded,
+        });
+    }
+    // Which attempt the notification is about, and whether it is the latest.
+    let latest: Option<(u32, Option<String>)> = tx
+        .query_row(
+            "SELECT number, call_id FROM attempts WHERE run_seq = ?1 ORDER BY number DESC LIMIT 1",
+            params![seq],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let about: Option<u32> = match (attempt, &update.call_id) {
+        (Some(n), _) => Some(n),
+        (None, Some(c)) => tx
+            .query_row(
+                "SELECT number FROM attempts WHERE run_seq = ?1 AND call_id = ?2 \
+                 ORDER BY number DESC LIMIT 1",
+                params![seq, c],
+                |r| r.get(0),
+            )
+            .optional()?,
+        (None, None) => None,
+    };
+    let earlier = matches!((about, &latest), (Some(a), Some((n, _))) if a < *n);
+    if earlier {
+        tx.execute(
+            "INSERT INTO call_states (run_seq, seq, at, state, call_id, result_code, \
+                 result_subcode, result_message) \
+                 VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM call_states WHERE run_seq = ?1), \
+                 ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                seq,
+                us(now),
+                update.state.as_str(),
+                update.call_id,
+                info.and_then(|i| i.code),
+                info.and_then(|i| i.subcode),
+                info.and_then(|i| i.message.as_deref())
+            ],
+        )?;
+        if let (Some(a), Some(c)) = (about, &update.call_id) {
+            tx.execute(
+                "UPDATE attempts SET call_id = COALESCE(call_id, ?3) WHERE run_seq = ?1 AND number = ?2",
+                params![seq, a, c],
+            )?;
+        }
+        return Ok(Notified {
+            run: reload(tx, id)?,
+            change: StateChange::Recorded,
+        });
+    }
+    // `established` reached late by the latest attempt's call.
+    let latest_call = latest.as_ref().and_then(|(_, c)| c.clone());
+    let this_call = update.call_id.clone().or_else(|| latest_call.clone());
+    let same_call = match (&this_call, run.call_id.as_ref().or(latest_call.as_ref())) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    };
+    if update.state == CallState::Established && same_call && run.established_at.is_none() {
+        let late_retry = run.state == RunState::Scheduled && latest.is_some();
+        let late_final =
+            run.state == RunState::Finished && run.outcome == Some(super::Outcome::NotEstablished);
+        if late_retry || late_final {
+            let ended: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM call_states WHERE run_seq = ?1 AND call_id IS ?2 \
+                 AND state = 'terminated')",
+                params![seq, this_call],
+                |r| r.get(0),
+            )?;
+            let state = if ended {
+                RunState::Terminating
+            } else {
+                RunState::Established
+            };
+            tx.execute(
+                "INSERT INTO call_states (run_seq, seq, at, state, call_id, result_code, \
+                     result_subcode, result_message) \
+                     VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM call_states WHERE run_seq = ?1), \
+                     ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    seq,
+                    us(now),
+                    update.state.as_str(),
+                    update.call_id,
+                    info.and_then(|i| i.code),
+                    info.and_then(|i| i.subcode),
+                    info.and_then(|i| i.message.as_deref())
+                ],
+            )?;
+            tx.execute(
+                "UPDATE runs SET state = ?2, outcome = NULL, reason = NULL, call_id = ?3, \
+                 established_at = ?4, updated_at = ?4 WHERE seq = ?1",
+                params![seq, state.as_str(), this_call, us(now)],
+            )?;
+            return Ok(Notified {
+                run: reload(tx, id)?,
+                change: StateChange::Reopened,
+            });
+        }
+    }
     tx.execute(
         "INSERT INTO call_states (run_seq, seq, at, state, call_id, result_code, \
              result_subcode, result_message) \
@@ -719,6 +874,149 @@ fn record_state_in(
         run: reload(tx, id)?,
         change,
     })
+}
+
+/// The body of [`Ledger::mark_requesting`], inside the caller's transaction.
+pub(super) fn mark_requesting_in(
+    tx: &Connection,
+    id: &str,
+    client_request_id: Option<&str>,
+    now: Timestamp,
+) -> Result<u32> {
+    let (seq, run) = load_required(tx, id)?;
+    rules::check_requesting(view(&run)).map_err(|r| refused(&run, r))?;
+    // Conditional on the state we checked: another process holding
+    // the same file cannot slip in between (the write lock is held).
+    let changed = tx.execute(
+        "UPDATE runs SET state = 'requesting', tries = tries + 1, updated_at = ?2, \
+                 reason = CASE WHEN reason LIKE 'waiting: %' THEN NULL ELSE reason END \
+                 WHERE seq = ?1 AND state = 'scheduled'",
+        params![seq, us(now)],
+    )?;
+    if changed != 1 {
+        return Err(refused(
+            &run,
+            Refusal {
+                action: "mark requesting",
+                why: "the run changed while it was being marked",
+            },
+        ));
+    }
+    next_attempt(tx, seq, client_request_id, now)
+}
+
+/// The body of [`Ledger::finish_attempt`], inside the caller's transaction.
+pub(super) fn finish_attempt_in(
+    tx: &Connection,
+    id: &str,
+    number: u32,
+    result: &AttemptResult,
+    now: Timestamp,
+) -> Result<()> {
+    let (seq, run) = load_required(tx, id)?;
+    let in_flight: Option<bool> = tx
+        .query_row(
+            "SELECT disposition IS NULL FROM attempts WHERE run_seq = ?1 AND number = ?2",
+            params![seq, number],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match in_flight {
+        None => {
+            return Err(LedgerError::UnknownAttempt {
+                id: id.to_string(),
+                number,
+            });
+        }
+        Some(false) => {
+            return Err(refused(
+                &run,
+                Refusal {
+                    action: "finish an attempt of",
+                    why: "that attempt is already finished",
+                },
+            ));
+        }
+        Some(true) => {}
+    }
+    tx.execute(
+        "UPDATE attempts SET finished_at = ?3, disposition = ?4, http_status = ?5, \
+                 error_code = ?6, error_message = ?7, request_id = ?8, \
+                 client_request_id = COALESCE(?9, client_request_id) \
+                 WHERE run_seq = ?1 AND number = ?2",
+        params![
+            seq,
+            number,
+            us(now),
+            // An attempt without a disposition is stored as `unknown`:
+            // NULL means "in flight".
+            result
+                .disposition
+                .unwrap_or(super::Disposition::Unknown)
+                .as_str(),
+            result.http_status,
+            result.error_code,
+            result.error_message,
+            result.request_id,
+            result.client_request_id
+        ],
+    )?;
+    tx.execute(
+        "UPDATE runs SET updated_at = ?2 WHERE seq = ?1",
+        params![seq, us(now)],
+    )?;
+    Ok(())
+}
+
+/// The body of [`Ledger::mark_placed`], inside the caller's transaction.
+pub(super) fn mark_placed_in(
+    tx: &Connection,
+    id: &str,
+    call_id: &str,
+    now: Timestamp,
+) -> Result<Run> {
+    let (seq, run) = load_required(tx, id)?;
+    let placed = rules::check_placed(view(&run), call_id).map_err(|r| refused(&run, r))?;
+    let state = match placed {
+        Placed::ToPlaced => RunState::Placed,
+        Placed::KeepState => run.state,
+    };
+    tx.execute(
+        "UPDATE runs SET state = ?2, call_id = ?3, updated_at = ?4 WHERE seq = ?1",
+        params![seq, state.as_str(), call_id, us(now)],
+    )?;
+    tx.execute(
+        "UPDATE attempts SET call_id = ?2 WHERE run_seq = ?1 AND call_id IS NULL \
+                 AND number = (SELECT MAX(number) FROM attempts WHERE run_seq = ?1)",
+        params![seq, call_id],
+    )?;
+    reload(tx, id)
+}
+
+/// The body of [`Ledger::begin_attempt`], inside the caller's transaction.
+pub(super) fn begin_attempt_in(
+    tx: &Connection,
+    id: &str,
+    client_request_id: Option<&str>,
+    now: Timestamp,
+) -> Result<u32> {
+    let (seq, run) = load_required(tx, id)?;
+    rules::check_begin_attempt(view(&run)).map_err(|r| refused(&run, r))?;
+    tx.execute(
+        "UPDATE runs SET updated_at = ?2 WHERE seq = ?1",
+        params![seq, us(now)],
+    )?;
+    next_attempt(tx, seq, client_request_id, now)
+}
+
+/// `8-4-4-4-12` hex digits.
+fn looks_like_guid(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.len() == 5
+        && parts
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(p, n)| p.len() == n && p.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
 fn find_by_call_id(conn: &Connection, call_id: &str) -> Result<Option<Run>> {
@@ -812,27 +1110,7 @@ impl Ledger for SqliteLedger {
         client_request_id: Option<&str>,
         now: Timestamp,
     ) -> Result<u32> {
-        self.write(|tx| {
-            let (seq, run) = load_required(tx, id)?;
-            rules::check_requesting(view(&run)).map_err(|r| refused(&run, r))?;
-            // Conditional on the state we checked: another process holding
-            // the same file cannot slip in between (the write lock is held).
-            let changed = tx.execute(
-                "UPDATE runs SET state = 'requesting', tries = tries + 1, updated_at = ?2 \
-                 WHERE seq = ?1 AND state = 'scheduled'",
-                params![seq, us(now)],
-            )?;
-            if changed != 1 {
-                return Err(refused(
-                    &run,
-                    Refusal {
-                        action: "mark requesting",
-                        why: "the run changed while it was being marked",
-                    },
-                ));
-            }
-            next_attempt(tx, seq, client_request_id, now)
-        })
+        self.write(|tx| mark_requesting_in(tx, id, client_request_id, now))
     }
 
     fn begin_attempt(
@@ -841,15 +1119,7 @@ impl Ledger for SqliteLedger {
         client_request_id: Option<&str>,
         now: Timestamp,
     ) -> Result<u32> {
-        self.write(|tx| {
-            let (seq, run) = load_required(tx, id)?;
-            rules::check_begin_attempt(view(&run)).map_err(|r| refused(&run, r))?;
-            tx.execute(
-                "UPDATE runs SET updated_at = ?2 WHERE seq = ?1",
-                params![seq, us(now)],
-            )?;
-            next_attempt(tx, seq, client_request_id, now)
-        })
+        self.write(|tx| begin_attempt_in(tx, id, client_request_id, now))
     }
 
     fn finish_attempt(
@@ -859,82 +1129,11 @@ impl Ledger for SqliteLedger {
         result: &AttemptResult,
         now: Timestamp,
     ) -> Result<()> {
-        self.write(|tx| {
-            let (seq, run) = load_required(tx, id)?;
-            let in_flight: Option<bool> = tx
-                .query_row(
-                    "SELECT disposition IS NULL FROM attempts WHERE run_seq = ?1 AND number = ?2",
-                    params![seq, number],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            match in_flight {
-                None => {
-                    return Err(LedgerError::UnknownAttempt {
-                        id: id.to_string(),
-                        number,
-                    });
-                }
-                Some(false) => {
-                    return Err(refused(
-                        &run,
-                        Refusal {
-                            action: "finish an attempt of",
-                            why: "that attempt is already finished",
-                        },
-                    ));
-                }
-                Some(true) => {}
-            }
-            tx.execute(
-                "UPDATE attempts SET finished_at = ?3, disposition = ?4, http_status = ?5, \
-                 error_code = ?6, error_message = ?7, request_id = ?8, \
-                 client_request_id = COALESCE(?9, client_request_id) \
-                 WHERE run_seq = ?1 AND number = ?2",
-                params![
-                    seq,
-                    number,
-                    us(now),
-                    // An attempt without a disposition is stored as `unknown`:
-                    // NULL means "in flight".
-                    result
-                        .disposition
-                        .unwrap_or(super::Disposition::Unknown)
-                        .as_str(),
-                    result.http_status,
-                    result.error_code,
-                    result.error_message,
-                    result.request_id,
-                    result.client_request_id
-                ],
-            )?;
-            tx.execute(
-                "UPDATE runs SET updated_at = ?2 WHERE seq = ?1",
-                params![seq, us(now)],
-            )?;
-            Ok(())
-        })
+        self.write(|tx| finish_attempt_in(tx, id, number, result, now))
     }
 
     fn mark_placed(&mut self, id: &str, call_id: &str, now: Timestamp) -> Result<Run> {
-        self.write(|tx| {
-            let (seq, run) = load_required(tx, id)?;
-            let placed = rules::check_placed(view(&run), call_id).map_err(|r| refused(&run, r))?;
-            let state = match placed {
-                Placed::ToPlaced => RunState::Placed,
-                Placed::KeepState => run.state,
-            };
-            tx.execute(
-                "UPDATE runs SET state = ?2, call_id = ?3, updated_at = ?4 WHERE seq = ?1",
-                params![seq, state.as_str(), call_id, us(now)],
-            )?;
-            tx.execute(
-                "UPDATE attempts SET call_id = ?2 WHERE run_seq = ?1 AND call_id IS NULL \
-                 AND number = (SELECT MAX(number) FROM attempts WHERE run_seq = ?1)",
-                params![seq, call_id],
-            )?;
-            reload(tx, id)
-        })
+        self.write(|tx| mark_placed_in(tx, id, call_id, now))
     }
 
     fn record_call_state(
@@ -972,7 +1171,22 @@ impl Ledger for SqliteLedger {
                     (None, None) => None,
                 };
                 match run {
-                    Some(r) => record_state_in(&sp, &r.id, &notice.update, now).map(Some),
+                    Some(r) => {
+                        // A notification signed for another tenant than the
+                        // run's is not about this run (a multi-tenant bot).
+                        // (Only a GUID is compared: `tid` always is one; a
+                        // tenant written as a domain name cannot be checked.)
+                        if let (Some(tid), Some(expected)) = (&notice.tenant_id, &r.tenant_id)
+                            && looks_like_guid(expected)
+                            && !tid.eq_ignore_ascii_case(expected)
+                        {
+                            return Err(LedgerError::WrongTenant {
+                                id: r.id.clone(),
+                                tenant: tid.clone(),
+                            });
+                        }
+                        record_state_for(&sp, &r.id, &notice.update, notice.attempt, now).map(Some)
+                    }
                     None => Ok(None),
                 }
             })();
@@ -1139,7 +1353,7 @@ impl Ledger for SqliteLedger {
                (SELECT c.state FROM call_states c WHERE c.run_seq = r.seq \
                   AND ((r.call_id IS NOT NULL AND c.call_id = r.call_id) \
                        OR (c.call_id IS NULL AND c.at >= COALESCE(la.started_at, 0))) \
-                  ORDER BY c.seq DESC LIMIT 1) \
+                  ORDER BY (c.state = 'terminated') DESC, c.seq DESC LIMIT 1) \
              FROM runs r \
              LEFT JOIN attempts la ON la.run_seq = r.seq \
                AND la.number = (SELECT MAX(number) FROM attempts m WHERE m.run_seq = r.seq) \
@@ -1157,6 +1371,7 @@ impl Ledger for SqliteLedger {
                     in_flight: number.is_some() && disposition.is_none(),
                     last_disposition: disposition,
                     last_call_state: state.map(CallState::from),
+                    not_before: None,
                 },
             ))
         })?;

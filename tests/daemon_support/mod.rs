@@ -87,6 +87,11 @@ impl Emu {
     pub fn set_fault_script(&self, script: Vec<ScriptedFault>) {
         self.h().set_fault_script(script);
     }
+
+    /// Makes the token endpoint fail for `for_` (None: until changed).
+    pub fn set_token_fault(&self, fault: Option<emulator::TokenFault>, for_: Option<Duration>) {
+        self.h().set_token_fault(fault, for_);
+    }
 }
 
 impl Drop for Emu {

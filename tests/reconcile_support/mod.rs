@@ -120,9 +120,15 @@ impl World {
     }
 
     pub fn snapshot(&self) -> Snapshot {
+        // as the daemon does: a run waiting out a transient failure carries
+        // its earliest next try
+        let mut progress = self.ledger.open_run_progress().unwrap();
+        for (id, t) in self.ledger.not_before_times().unwrap() {
+            progress.entry(id).or_default().not_before = Some(t);
+        }
         Snapshot {
             runs: self.ledger.open_runs().unwrap(),
-            progress: self.ledger.open_run_progress().unwrap(),
+            progress,
             latest: self
                 .ledger
                 .latest_runs()
