@@ -63,9 +63,12 @@ fn trigger_places_one_run_per_request_and_retry_places_a_failed_one_again() {
         "subject: Decliner\ntargets:\n  - phone: \"+14255550199\"\nschedule: { cron: \"0 3 1 1 *\" }\n",
     );
     let _daemon = env.start();
+    // files written just before the start are held for `daemon.settle`
+    // (they may still be being written): wait until all three are loaded
     wait_until("the admin endpoint", || {
         let s = env.status();
-        (s["specs"].as_array()?.len() == 3).then_some(())
+        let specs = s["specs"].as_array()?;
+        (specs.len() == 3 && specs.iter().all(|x| x["state"] != "held")).then_some(())
     });
 
     let (code, out, err) = calld(

@@ -136,7 +136,7 @@ mod tests {
 
     #[test]
     fn added_changed_removed_held() {
-        let t = "targets:\n  - phone: \"+14255550100\"\n";
+        let t = "targets:\n  - user: { id: 550fae72-d251-43ec-868c-373732c2704f }\n";
         let old = set(&[("a.yaml", t), ("b.yaml", t), ("c.yaml", t)]);
         let new = set(&[
             ("a.yaml", t),

@@ -324,12 +324,7 @@ async fn run_async(
     let metrics = crate::metrics::Metrics::new();
     let notifier = crate::systemd::Notifier::from_env();
     let specs_json = Arc::new(Mutex::new(serde_json::Value::Null));
-    let admin_state = admin_state(
-        &metrics,
-        &specs_json,
-        &ledger,
-        events_tx.clone(),
-    );
+    let admin_state = admin_state(&metrics, &specs_json, &ledger, events_tx.clone());
     let admin_task = start_admin(&config.admin.listen, admin_state.clone(), shutdown()).await;
     let sandbox = sandbox_callback.is_some();
     let client = Arc::new(client);

@@ -535,15 +535,13 @@ impl TokenSource {
                 *self.cache.write().unwrap_or_else(|p| p.into_inner()) = Some(t.clone());
                 Ok(t)
             }
-            Err(e) => {
-                match current {
-                    Some(old) if (self.clock)() < old.expires_at => {
-                        tracing::warn!(error = %e, "token refresh failed; the current token is still valid");
-                        Ok(old)
-                    }
-                    _ => Err(e),
+            Err(e) => match current {
+                Some(old) if (self.clock)() < old.expires_at => {
+                    tracing::warn!(error = %e, "token refresh failed; the current token is still valid");
+                    Ok(old)
                 }
-            }
+                _ => Err(e),
+            },
         }
     }
 
