@@ -378,7 +378,7 @@ pub fn run(
         }
         Ok(crate::status::Source::Remote(base)) => {
             let get = |p: &str| -> Result<Json, String> {
-                let (code, body) = crate::status::fetch(&format!("{base}{p}"))?;
+                let (code, body) = crate::admin_client::get(&format!("{base}{p}"))?;
                 if code != 200 {
                     return Err(format!("{base}{p}: HTTP {code}"));
                 }

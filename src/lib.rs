@@ -36,10 +36,12 @@
 //! - [`systemd`]: `sd_notify` readiness, status, watchdog and reload messages.
 //! - [`admin`]: `/` (the [`dashboard`]), `/healthz`, `/readyz`, `/metrics`,
 //!   `/v1/specs`, `/v1/status`, `/v1/runs`, `POST /v1/trigger`, `POST /v1/retry`.
+//! - [`admin_client`]: the CLI's calls to that endpoint (`--admin`, `trigger`, `retry`).
 //! - [`metrics`]: the typed Prometheus registry.
 //! - [`logging`]: text, JSON and journald logs, level reloadable at run time.
 
 pub mod admin;
+pub mod admin_client;
 pub mod auth_check;
 pub mod callback;
 pub mod cli;

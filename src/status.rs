@@ -47,7 +47,7 @@ pub fn open_source(
     admin: Option<&str>,
 ) -> Result<Source, u8> {
     if let Some(url) = admin {
-        return Ok(Source::Remote(admin_base(url)));
+        return Ok(Source::Remote(crate::admin_client::base_url(url)));
     }
     let (mut cfg, _) = match Config::load(config) {
         Ok(c) => c,
@@ -73,10 +73,10 @@ pub fn open_source(
         if systemd.join(LEDGER_FILE).exists() {
             return open_local(systemd);
         }
-        let base = admin_base(&cfg.admin.listen);
+        let base = crate::admin_client::base_url(&cfg.admin.listen);
         if !cfg.admin.listen.is_empty()
             && cfg.admin.listen != "off"
-            && fetch(&format!("{base}/healthz")).is_ok()
+            && crate::admin_client::get(&format!("{base}/healthz")).is_ok()
         {
             return Ok(Source::Remote(base));
         }
@@ -99,35 +99,6 @@ fn open_local(dir: &Path) -> Result<Source, u8> {
             Err(2)
         }
     }
-}
-
-/// `127.0.0.1:9464` or `http://host:9464/` → `http://host:9464`.
-fn admin_base(url: &str) -> String {
-    let url = url.trim().trim_end_matches('/');
-    if url.contains("://") {
-        url.to_string()
-    } else {
-        format!("http://{url}")
-    }
-}
-
-/// GET `url` → (status, body), with a 10 s timeout.
-pub fn fetch(url: &str) -> Result<(u16, String), String> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    rt.block_on(async {
-        let client = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(10))
-            .build()
-            .map_err(|e| e.to_string())?;
-        let resp = client.get(url).send().await.map_err(|e| e.to_string())?;
-        let status = resp.status().as_u16();
-        let body = resp.text().await.map_err(|e| e.to_string())?;
-        Ok((status, body))
-    })
 }
 
 /// "200/5001 (the conversation ended)".
@@ -719,7 +690,7 @@ pub fn status(
 
 /// GET a JSON document from the admin endpoint: (status, body).
 fn fetch_json(url: &str) -> Result<(u16, Json), String> {
-    let (status, body) = fetch(url).map_err(|e| format!("{url}: {e}"))?;
+    let (status, body) = crate::admin_client::get(url)?;
     let doc: Json =
         serde_json::from_str(&body).map_err(|e| format!("{url}: HTTP {status}, not JSON: {e}"))?;
     if status >= 500 || status == 400 {

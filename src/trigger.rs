@@ -170,7 +170,7 @@ pub fn retry(
 /// the configuration's `admin.listen` (environment included).
 fn admin_url(config: Option<&Path>, admin: Option<&str>) -> Result<String, String> {
     if let Some(a) = admin {
-        return Ok(base(a));
+        return Ok(crate::admin_client::base_url(a));
     }
     let (mut cfg, _) = crate::config::Config::load(config).map_err(|e| e.to_string())?;
     crate::daemon::apply_env_overrides(&mut cfg, &|k| {
@@ -179,41 +179,7 @@ fn admin_url(config: Option<&Path>, admin: Option<&str>) -> Result<String, Strin
     if cfg.admin.listen.is_empty() || cfg.admin.listen == "off" {
         return Err("admin.listen is off: give --admin URL".into());
     }
-    Ok(base(&cfg.admin.listen))
-}
-
-fn base(url: &str) -> String {
-    let url = url.trim().trim_end_matches('/');
-    if url.contains("://") {
-        url.to_string()
-    } else {
-        format!("http://{url}")
-    }
-}
-
-fn post(url: &str, body: &Json) -> Result<(u16, Json), String> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    rt.block_on(async {
-        let client = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(30))
-            .build()
-            .map_err(|e| e.to_string())?;
-        let resp = client
-            .post(url)
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| format!("{url}: {e} (is the daemon running?)"))?;
-        let status = resp.status().as_u16();
-        let text = resp.text().await.map_err(|e| e.to_string())?;
-        let doc = serde_json::from_str(&text)
-            .map_err(|e| format!("{url}: HTTP {status}, not JSON: {e}"))?;
-        Ok((status, doc))
-    })
+    Ok(crate::admin_client::base_url(&cfg.admin.listen))
 }
 
 /// Prints the answer; the exit code: 0 placed, 1 refused (unknown spec or
@@ -279,7 +245,7 @@ fn wait_for(cmd: &str, base: &str, spec: &str, id: &str, timeout: std::time::Dur
     );
     let until = std::time::Instant::now() + timeout;
     loop {
-        if let Ok((200, body)) = crate::status::fetch(&url)
+        if let Ok((200, body)) = crate::admin_client::get(&url)
             && let Ok(doc) = serde_json::from_str::<Json>(&body)
             && let Some(run) = doc["runs"]
                 .as_array()
@@ -327,7 +293,7 @@ pub fn trigger_cmd(
     let body = json!({ "spec": name, "requestId": request_id });
     finish(
         "trigger",
-        post(&format!("{base}/v1/trigger"), &body),
+        crate::admin_client::post_json(&format!("{base}/v1/trigger"), &body),
         json_out,
         wait.map(|w| (base.as_str(), w)),
     )
@@ -352,7 +318,7 @@ pub fn retry_cmd(
     let body = json!({ "run": run, "force": force });
     finish(
         "retry",
-        post(&format!("{base}/v1/retry"), &body),
+        crate::admin_client::post_json(&format!("{base}/v1/retry"), &body),
         json_out,
         wait.map(|w| (base.as_str(), w)),
     )

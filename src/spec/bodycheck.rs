@@ -83,23 +83,7 @@ pub fn schema() -> &'static GraphSchema {
     })
 }
 
-/// Properties Graph generates on a call; a create never sends them.
-const SERVER_GENERATED: &[&str] = &[
-    "id",
-    "state",
-    "direction",
-    "resultInfo",
-    "myParticipantId",
-    "mediaState",
-    "callRoutes",
-    "toneInfo",
-    "transcription",
-    "callChainId",
-    "incomingContext",
-    "answeredBy",
-    "activeModalities",
-    "terminationReason",
-];
+use super::validate::SERVER_GENERATED;
 
 impl GraphSchema {
     fn def(&self, name: &str) -> Option<&Json> {

@@ -59,6 +59,8 @@ pub const SERVER_GENERATED: &[&str] = &[
     "callChainId",
     "incomingContext",
     "answeredBy",
+    "activeModalities",
+    "terminationReason",
 ];
 
 /// Graph names people write where calld has its own key.
