@@ -48,6 +48,21 @@ impl std::fmt::Debug for FileSnapshot {
     }
 }
 
+impl Snapshot {
+    /// The files as the incremental spec set takes them (no allocation for
+    /// a file whose path is UTF-8).
+    pub fn file_refs(&self) -> impl Iterator<Item = crate::spec::incremental::FileRef<'_>> {
+        self.files
+            .values()
+            .map(|f| crate::spec::incremental::FileRef {
+                rel: &f.rel,
+                label: f.path.to_string_lossy(),
+                hash: f.hash,
+                bytes: f.content.as_deref().map_err(String::as_str),
+            })
+    }
+}
+
 impl FileSnapshot {
     /// The bytes, if the file could be read.
     pub fn bytes(&self) -> Option<&[u8]> {
