@@ -39,35 +39,42 @@ const PARALLEL_MIN_FILES: usize = 64;
 /// Loads many inputs, in parallel on the available cores when there are
 /// enough of them; the result is in input order.
 pub fn load_many(inputs: Vec<Input<'_>>, ctx: &Context) -> Vec<FileLoad> {
+    par_map(inputs, |i| load_input(i, ctx))
+}
+
+/// `items.into_iter().map(f).collect()`, on all cores (scoped threads, one
+/// contiguous chunk each) when there are [`PARALLEL_MIN_FILES`] items or
+/// more. Each thread handles one item at a time, so a caller that reads a
+/// file inside `f` never holds more than one file's bytes per core.
+pub fn par_map<T, R, F>(items: Vec<T>, f: F) -> Vec<R>
+where
+    T: Send,
+    R: Send,
+    F: Fn(T) -> R + Sync,
+{
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if threads < 2 || inputs.len() < PARALLEL_MIN_FILES {
-        return inputs.into_iter().map(|i| load_input(i, ctx)).collect();
+    if threads < 2 || items.len() < PARALLEL_MIN_FILES {
+        return items.into_iter().map(f).collect();
     }
-    let n = inputs.len();
-    // contiguous chunks keep the order; a shared cursor would balance
-    // better, but spec files are alike in size
+    let n = items.len();
+    // contiguous chunks keep the order; spec files are alike in size
     let chunk = n.div_ceil(threads);
-    let mut inputs = inputs;
+    let mut items = items;
     let mut chunks = Vec::with_capacity(threads);
-    while !inputs.is_empty() {
-        let rest = inputs.split_off(chunk.min(inputs.len()));
-        chunks.push(std::mem::replace(&mut inputs, rest));
+    while !items.is_empty() {
+        let rest = items.split_off(chunk.min(items.len()));
+        chunks.push(std::mem::replace(&mut items, rest));
     }
+    let f = &f;
     std::thread::scope(|s| {
         let handles: Vec<_> = chunks
             .into_iter()
-            .map(|c| {
-                s.spawn(move || {
-                    c.into_iter()
-                        .map(|i| load_input(i, ctx))
-                        .collect::<Vec<_>>()
-                })
-            })
+            .map(|c| s.spawn(move || c.into_iter().map(f).collect::<Vec<R>>()))
             .collect();
         let mut out = Vec::with_capacity(n);
         for h in handles {
             match h.join() {
-                Ok(loads) => out.extend(loads),
+                Ok(part) => out.extend(part),
                 Err(panic) => std::panic::resume_unwind(panic),
             }
         }
