@@ -18,7 +18,7 @@ use proptest::prelude::*;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-const DIRS: [&str; 3] = ["", "team-a/", "team-b/sub/"];
+const DIRS: [&str; 4] = ["", "team-a/", "team-b/sub/", "team-c/"];
 const STEMS: [&str; 4] = ["a", "b", "standup", "x.y"];
 const EXTS: [&str; 2] = [".yaml", ".yml"];
 
@@ -101,6 +101,8 @@ enum Op {
     Duplicate(Slot, Slot),
     /// Back to the last content that had no error kind.
     Restore(Slot),
+    /// Rename the folder `team-a` to `team-c`, or back (files and all).
+    MoveDir,
     Time(u8),
     Defaults(u8),
     /// Nothing changes: the update must cost nothing and change nothing.
@@ -140,6 +142,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (slot(), 1u8..5).prop_map(|(s, k)| Op::Invalid(s, k)),
         2 => (slot(), slot()).prop_map(|(a, b)| Op::Duplicate(a, b)),
         2 => slot().prop_map(Op::Restore),
+        1 => Just(Op::MoveDir),
         2 => (1u8..20).prop_map(Op::Time),
         1 => (0u8..3).prop_map(Op::Defaults),
         1 => Just(Op::Nothing),
@@ -195,9 +198,36 @@ impl Model {
                     self.files.insert(r, c.clone());
                 }
             }
+            Op::MoveDir => {
+                let Some((from, to)) = self.dir_move() else {
+                    return;
+                };
+                for map in [&mut self.files, &mut self.good] {
+                    let moved: Vec<String> = map
+                        .keys()
+                        .filter(|r| r.starts_with(from))
+                        .cloned()
+                        .collect();
+                    for r in moved {
+                        let c = map.remove(&r).expect("listed");
+                        map.insert(format!("{to}{}", &r[from.len()..]), c);
+                    }
+                }
+            }
             Op::Time(m) => self.now = self.now.saturating_add(*m),
             Op::Defaults(d) => self.defaults = *d,
             Op::Nothing => {}
+        }
+    }
+
+    /// Which way [`Op::MoveDir`] goes: into the one of `team-a/` and
+    /// `team-c/` that holds no file; nowhere when both hold files.
+    fn dir_move(&self) -> Option<(&'static str, &'static str)> {
+        let has = |d: &str| self.files.keys().any(|r| r.starts_with(d));
+        match (has("team-a/"), has("team-c/")) {
+            (true, true) => None,
+            (_, true) => Some(("team-c/", "team-a/")),
+            _ => Some(("team-a/", "team-c/")),
         }
     }
 
@@ -272,42 +302,69 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     /// Real files in a temp dir, read by the source's scanner: the same
-    /// equality, with renames and moves done by `rename(2)`.
+    /// equality, with renames and moves done by `rename(2)`. One scanner
+    /// looks only at the paths each op touched (as events name them), and
+    /// its snapshot must equal a fresh full scan's; the incremental set is
+    /// fed from it.
     #[test]
     fn scanner_fed_incremental_equals_full_reload(ops in prop::collection::vec(op(), 1..25)) {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("calls.d");
-        for d in DIRS {
-            std::fs::create_dir_all(dir.join(d)).unwrap();
-        }
+        std::fs::create_dir_all(&dir).unwrap();
+        let dir = std::fs::canonicalize(&dir).unwrap();
         let mut model = Model::default();
         let mut scanner = Scanner::new(&dir);
+        scanner.scan();
         let mut inc = IncrementalSet::new();
         let public_url = "https://bot.example.com/api/calls";
         for (i, op) in ops.iter().enumerate() {
             let before = model.files.clone();
-            model.apply(op);
+            let mut touched: Vec<std::path::PathBuf> = Vec::new();
             // make the directory match the model, renames as renames
-            if let Op::Rename(a, b) = op
-                && before.contains_key(&rel(*a))
-            {
-                std::fs::rename(dir.join(rel(*a)), dir.join(rel(*b))).unwrap();
+            match op {
+                Op::Rename(a, b) if before.contains_key(&rel(*a)) => {
+                    let (a, b) = (dir.join(rel(*a)), dir.join(rel(*b)));
+                    std::fs::create_dir_all(b.parent().unwrap()).unwrap();
+                    std::fs::rename(&a, &b).unwrap();
+                    touched.extend([a, b]);
+                }
+                Op::MoveDir => if let Some((from, to)) = model.dir_move() {
+                    let (from, to) = (dir.join(from.trim_end_matches('/')), dir.join(to.trim_end_matches('/')));
+                    if from.exists() {
+                        let _ = std::fs::remove_dir(&to);
+                        std::fs::rename(&from, &to).unwrap();
+                        touched.extend([from, to]);
+                    }
+                }
+                _ => {}
             }
+            model.apply(op);
             for r in before.keys() {
                 if !model.files.contains_key(r) && dir.join(r).exists() {
                     std::fs::remove_file(dir.join(r)).unwrap();
+                    touched.push(dir.join(r));
                 }
             }
             for (r, c) in &model.files {
                 let want = text(c);
-                if std::fs::read(dir.join(r)).ok().as_deref() != Some(want.as_slice()) {
-                    std::fs::write(dir.join(r), &want).unwrap();
+                let path = dir.join(r);
+                if std::fs::read(&path).ok().as_deref() != Some(want.as_slice()) {
+                    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                    std::fs::write(&path, &want).unwrap();
+                    touched.push(path);
                 }
             }
-            let snap = scanner.scan();
+            let snap = scanner.scan_paths(touched.iter().map(|p| p.as_path()));
+            // a plain tree (no symlink): only the named paths are looked at
+            prop_assert!(snap.stats.targeted || touched.is_empty());
+            let fresh = Scanner::new(&dir).scan();
+            let files = |s: &calld::source::Snapshot| -> Vec<(String, std::path::PathBuf, [u8; 32])> {
+                s.files.values().map(|f| (f.rel.clone(), f.path.clone(), f.hash)).collect()
+            };
+            prop_assert_eq!(files(&snap), files(&fresh), "snapshot after op {} ({:?})", i, op);
             let defaults = model.defaults();
             let ctx = Context { defaults: &defaults, public_url: Some(public_url), now: minutes(model.now) };
             inc.update(snap.file_refs(), &ctx);
@@ -362,4 +419,36 @@ fn parallel_load_equals_sequential_load() {
         "the files hold duplicate names"
     );
     assert_eq!(view(inc.set()), view(&full));
+}
+
+/// A tree with a symlink: a change behind it is not an event at its path,
+/// so a scan of named paths falls back to a full scan and still sees it.
+#[cfg(unix)]
+#[test]
+fn named_paths_fall_back_to_a_full_scan_when_the_tree_has_symlinks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = std::fs::canonicalize(tmp.path()).unwrap();
+    let outside = dir.join("outside");
+    let calls = dir.join("calls.d");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::create_dir_all(&calls).unwrap();
+    std::fs::write(outside.join("cm.yaml"), "v: 1\n").unwrap();
+    std::os::unix::fs::symlink(outside.join("cm.yaml"), calls.join("cm.yaml")).unwrap();
+    std::fs::write(calls.join("plain.yaml"), "v: 1\n").unwrap();
+    let mut sc = Scanner::new(&calls);
+    sc.scan();
+    std::fs::write(outside.join("cm.yaml"), "v: 2\n").unwrap();
+    std::fs::write(calls.join("plain.yaml"), "v: 2\n").unwrap();
+    let snap = sc.scan_paths([calls.join("plain.yaml").as_path()]);
+    assert!(!snap.stats.targeted);
+    assert_eq!(snap.files["cm.yaml"].bytes(), Some(&b"v: 2\n"[..]));
+    assert_eq!(snap.files["plain.yaml"].bytes(), Some(&b"v: 2\n"[..]));
+    // without the symlink, named paths are enough
+    std::fs::remove_file(calls.join("cm.yaml")).unwrap();
+    sc.scan();
+    std::fs::write(calls.join("plain.yaml"), "v: 3\n").unwrap();
+    let snap = sc.scan_paths([calls.join("plain.yaml").as_path()]);
+    assert!(snap.stats.targeted);
+    assert_eq!(snap.files["plain.yaml"].bytes(), Some(&b"v: 3\n"[..]));
+    assert_eq!(snap.files.len(), 1);
 }
