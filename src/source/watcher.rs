@@ -9,9 +9,8 @@ use std::time::{Duration, Instant};
 
 use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, PollWatcher, RecommendedWatcher, RecursiveMode};
-use notify_debouncer_full::{
-    DebounceEventHandler, DebounceEventResult, Debouncer, NoCache, new_debouncer_opt,
-};
+use notify::Watcher as _;
+use notify_debouncer_full::{DebounceEventHandler, DebounceEventResult};
 
 use super::pacer::Pacer;
 use super::scan::{RACY_WINDOW, Scanner, Snapshot};
@@ -83,16 +82,12 @@ impl SourceOptions {
         }
     }
 
-    /// The debouncer's own timeout: half the debounce (at least 5 ms); the
-    /// source's quiet time is the other half, so `debounce` is the total.
-    /// The debouncer's thread ticks at this interval too (it has no idle
-    /// mode): 40 wake-ups a second at the default, not 160.
-    fn notify_timeout(&self) -> Duration {
-        (self.debounce / 2).max(Duration::from_millis(5))
-    }
-
+    /// The quiet time before a rescan: all of the debounce. Events go
+    /// from notify straight to the watcher thread, whose pacer debounces
+    /// them: no debouncer thread ticking while the directory is idle
+    /// (issue 12; it woke every 10 ms at the default before).
     fn quiet(&self) -> Duration {
-        self.debounce.saturating_sub(self.notify_timeout())
+        self.debounce
     }
 }
 
@@ -221,35 +216,34 @@ impl DebounceEventHandler for Forward {
     }
 }
 
+/// notify's events, one at a time, as a batch of one (the pacer debounces).
+impl notify::EventHandler for Forward {
+    fn handle_event(&mut self, event: notify::Result<notify::Event>) {
+        let result = match event {
+            Ok(e) => Ok(vec![notify_debouncer_full::DebouncedEvent::new(
+                e,
+                Instant::now(),
+            )]),
+            Err(e) => Err(vec![e]),
+        };
+        DebounceEventHandler::handle_event(self, result);
+    }
+}
+
 /// The notify watcher in use.
 enum Backend {
-    Native(Debouncer<RecommendedWatcher, NoCache>),
-    Poll(Debouncer<PollWatcher, NoCache>),
+    Native(RecommendedWatcher),
+    Poll(PollWatcher),
 }
 
 impl Backend {
-    fn native(opts: &SourceOptions, tx: &mpsc::Sender<Msg>) -> notify::Result<Backend> {
-        let timeout = opts.notify_timeout();
-        new_debouncer_opt(
-            timeout,
-            Some(timeout),
-            Forward(tx.clone()),
-            NoCache,
-            notify::Config::default(),
-        )
-        .map(Backend::Native)
+    fn native(_opts: &SourceOptions, tx: &mpsc::Sender<Msg>) -> notify::Result<Backend> {
+        RecommendedWatcher::new(Forward(tx.clone()), notify::Config::default()).map(Backend::Native)
     }
 
     fn poll(opts: &SourceOptions, tx: &mpsc::Sender<Msg>) -> anyhow::Result<Backend> {
-        let timeout = opts.notify_timeout();
         let config = notify::Config::default().with_poll_interval(opts.poll_interval);
-        Ok(Backend::Poll(new_debouncer_opt(
-            timeout,
-            Some(timeout),
-            Forward(tx.clone()),
-            NoCache,
-            config,
-        )?))
+        Ok(Backend::Poll(PollWatcher::new(Forward(tx.clone()), config)?))
     }
 
     fn watch(&mut self, path: &Path, mode: RecursiveMode) -> notify::Result<()> {
@@ -630,7 +624,7 @@ impl SourceGuard {
     pub fn simulate_overflow(&self) {
         let overflow = notify::Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan);
         let event = notify_debouncer_full::DebouncedEvent::new(overflow, Instant::now());
-        Forward(self.msg_tx.clone()).handle_event(Ok(vec![event]));
+        DebounceEventHandler::handle_event(&mut Forward(self.msg_tx.clone()), Ok(vec![event]));
     }
 }
 
@@ -640,7 +634,7 @@ impl SourceGuard {
     #[doc(hidden)]
     pub fn simulate_watch_limit(&self) {
         let limit = notify::Error::new(notify::ErrorKind::MaxFilesWatch);
-        Forward(self.msg_tx.clone()).handle_event(Err(vec![limit]));
+        DebounceEventHandler::handle_event(&mut Forward(self.msg_tx.clone()), Err(vec![limit]));
     }
 }
 
@@ -856,14 +850,13 @@ mod tests {
     }
 
     #[test]
-    fn debounce_is_split_between_notify_and_the_pacer() {
+    fn the_pacer_waits_the_whole_debounce() {
         let o = SourceOptions::default();
-        assert_eq!(o.notify_timeout() + o.quiet(), o.debounce);
+        assert_eq!(o.quiet(), o.debounce);
         let zero = SourceOptions {
             debounce: Duration::ZERO,
             ..SourceOptions::default()
         };
-        assert_eq!(zero.notify_timeout(), Duration::from_millis(5));
         assert_eq!(zero.quiet(), Duration::ZERO);
     }
 
