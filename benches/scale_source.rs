@@ -135,7 +135,7 @@ fn source(n: usize, dir: &Path) {
 
     // start-up: every file validated
     let mut inc = IncrementalSet::new();
-    let (stats, parallel) = time(|| inc.update(snap.file_refs(), &ctx()));
+    let (stats, parallel) = time(|| snap.update_spec_set(&mut inc, &ctx()));
     assert_eq!(stats.files_loaded, n);
     assert_eq!(
         inc.set().specs.len(),
@@ -165,7 +165,7 @@ fn source(n: usize, dir: &Path) {
         let (snap, s) = time(|| sc.scan_paths([path.as_path()]));
         assert!(snap.stats.targeted);
         assert_eq!(snap.stats.files_read, 1);
-        let (stats, u) = time(|| inc.update(snap.file_refs(), &ctx()));
+        let (stats, u) = time(|| snap.update_spec_set(&mut inc, &ctx()));
         assert_eq!(stats.files_loaded, 1);
         total.push(t.elapsed());
         scan.push(s);

@@ -367,7 +367,8 @@ proptest! {
             prop_assert_eq!(files(&snap), files(&fresh), "snapshot after op {} ({:?})", i, op);
             let defaults = model.defaults();
             let ctx = Context { defaults: &defaults, public_url: Some(public_url), now: minutes(model.now) };
-            inc.update(snap.file_refs(), &ctx);
+            // by the delta of the scan of named paths
+            snap.update_spec_set(&mut inc, &ctx);
             let bytes: BTreeMap<String, Vec<u8>> =
                 model.files.iter().map(|(r, c)| (r.clone(), text(c))).collect();
             let full = full_reload(&bytes, |r| dir.join(r).display().to_string(), &ctx);

@@ -173,7 +173,7 @@ impl Controller {
             public_url: self.rt.public_url.as_deref(),
             now: crate::clock::now(),
         };
-        let update = self.loader.update(snap.file_refs(), &ctx);
+        let update = snap.update_spec_set(&mut self.loader, &ctx);
         tracing::debug!(
             loaded = update.files_loaded,
             removed = update.files_removed,

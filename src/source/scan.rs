@@ -52,6 +52,36 @@ impl std::fmt::Debug for FileSnapshot {
 }
 
 impl Snapshot {
+    /// One file as the incremental spec set takes it.
+    pub fn file_ref(&self, rel: &str) -> Option<crate::spec::incremental::FileRef<'_>> {
+        self.files
+            .get(rel)
+            .map(|f| crate::spec::incremental::FileRef {
+                rel: &f.rel,
+                label: f.path.to_string_lossy(),
+                hash: f.hash,
+                bytes: f.content.as_deref().map_err(String::as_str),
+            })
+    }
+
+    /// Brings `set` to this snapshot: by the files that changed when `set`
+    /// holds the snapshot this one follows (a scan of named paths), else by
+    /// comparing every file's hash.
+    pub fn update_spec_set(
+        &self,
+        set: &mut crate::spec::IncrementalSet,
+        ctx: &crate::spec::Context,
+    ) -> crate::spec::incremental::UpdateStats {
+        let stats = match &self.delta {
+            Some((base, rels)) if set.source_generation == Some(*base) => {
+                set.update_changed(rels.iter().map(String::as_str), |r| self.file_ref(r), ctx)
+            }
+            _ => set.update(self.file_refs(), ctx),
+        };
+        set.source_generation = Some(self.generation);
+        stats
+    }
+
     /// The files as the incremental spec set takes them (no allocation for
     /// a file whose path is UTF-8).
     pub fn file_refs(&self) -> impl Iterator<Item = crate::spec::incremental::FileRef<'_>> {
@@ -93,6 +123,8 @@ pub struct ScanStats {
     /// Only the paths events named were looked at ([`Scanner::scan_paths`]),
     /// not the whole directory.
     pub targeted: bool,
+    /// Folders a scan of named paths listed (a folder created or moved in).
+    pub folders_listed: usize,
 }
 
 /// The complete set of spec files of a calls directory at one moment.
@@ -116,6 +148,10 @@ pub struct Snapshot {
     pub changed: bool,
     /// What the scan cost.
     pub stats: ScanStats,
+    /// For a scan of named paths: the generation this snapshot follows and
+    /// the files (relative paths) that differ from it; `None` for a full
+    /// scan.
+    pub delta: Option<(u64, Vec<String>)>,
 }
 
 /// The identity of a file's state: any write, truncate, replace or
@@ -324,7 +360,7 @@ impl Scanner {
                         .any(|(a, b)| a.rel != b.rel || a.hash != b.hash || a.path != b.path)
             }
         };
-        self.finish(files, problems, None, changed, stats)
+        self.finish(files, problems, None, changed, stats, None)
     }
 
     /// Looks at one listed file: its cached state when its stat key is
@@ -442,6 +478,7 @@ impl Scanner {
         let started = Instant::now();
         let scan_start = SystemTime::now();
         let root = self.canonical_root.clone().expect("checked");
+        let mut folders_listed = 0;
         // (relative path, what is there now); None: gone
         let mut todo: BTreeMap<String, Option<Vec<SpecFile>>> = BTreeMap::new();
         for p in paths {
@@ -466,7 +503,11 @@ impl Scanner {
                 continue;
             }
             let rel = parts.join("/");
-            let found = match std::fs::symlink_metadata(p) {
+            let meta = std::fs::symlink_metadata(p);
+            if meta.as_ref().is_ok_and(|m| m.is_dir()) {
+                folders_listed += 1;
+            }
+            let found = match meta {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
                 Err(_) => return self.scan(),
                 Ok(m) if m.file_type().is_symlink() => return self.scan(),
@@ -496,9 +537,11 @@ impl Scanner {
         let mut files = last.files.clone();
         let mut stats = ScanStats {
             targeted: true,
+            folders_listed,
             ..ScanStats::default()
         };
         let mut changed = false;
+        let mut delta: Vec<String> = Vec::new();
         for (rel, found) in todo {
             // what was at or below `rel` is replaced by what is there now
             // (`team-a.yaml` sorts between `team-a` and `team-a/…`)
@@ -527,6 +570,7 @@ impl Scanner {
                             .is_some_and(|f| f.hash == snap.hash && f.path == snap.path);
                         if !same {
                             changed = true;
+                            delta.push(file.rel.clone());
                             files.insert(file.rel.clone(), snap);
                         }
                         self.cache.insert(file.rel, cached);
@@ -537,13 +581,17 @@ impl Scanner {
                 }
             }
             for r in gone {
-                changed |= files.remove(&r).is_some();
+                if files.remove(&r).is_some() {
+                    changed = true;
+                    delta.push(r.clone());
+                }
                 self.cache.remove(&r);
             }
         }
         stats.files_listed = files.len();
         stats.elapsed = started.elapsed();
-        self.finish(files, last.problems.clone(), None, changed, stats)
+        let delta = Some((last.generation, delta));
+        self.finish(files, last.problems.clone(), None, changed, stats, delta)
     }
 
     fn publish_root_error(&mut self, message: String, stats: ScanStats) -> Arc<Snapshot> {
@@ -555,7 +603,7 @@ impl Scanner {
             ),
             None => (BTreeMap::new(), Vec::new(), true),
         };
-        self.finish(files, problems, Some(message), changed, stats)
+        self.finish(files, problems, Some(message), changed, stats, None)
     }
 
     fn finish(
@@ -565,6 +613,7 @@ impl Scanner {
         root_error: Option<String>,
         changed: bool,
         stats: ScanStats,
+        delta: Option<(u64, Vec<String>)>,
     ) -> Arc<Snapshot> {
         let last_generation = self.last.as_ref().map_or(0, |s| s.generation);
         let snapshot = Arc::new(Snapshot {
@@ -579,6 +628,7 @@ impl Scanner {
             root_error,
             changed,
             stats,
+            delta,
         });
         self.last = Some(snapshot.clone());
         snapshot

@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use notify::Watcher as _;
 use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, PollWatcher, RecommendedWatcher, RecursiveMode};
-use notify::Watcher as _;
 use notify_debouncer_full::{DebounceEventHandler, DebounceEventResult};
 
 use super::pacer::Pacer;
@@ -243,7 +243,10 @@ impl Backend {
 
     fn poll(opts: &SourceOptions, tx: &mpsc::Sender<Msg>) -> anyhow::Result<Backend> {
         let config = notify::Config::default().with_poll_interval(opts.poll_interval);
-        Ok(Backend::Poll(PollWatcher::new(Forward(tx.clone()), config)?))
+        Ok(Backend::Poll(PollWatcher::new(
+            Forward(tx.clone()),
+            config,
+        )?))
     }
 
     fn watch(&mut self, path: &Path, mode: RecursiveMode) -> notify::Result<()> {
@@ -484,6 +487,13 @@ impl Source {
         };
         self.targets.clear();
         self.full_next = false;
+        if snapshot.stats.folders_listed > 0 {
+            // a folder created or moved in: files written into it before
+            // its watch was in place gave no event; look at everything
+            // once it is quiet
+            self.full_next = true;
+            self.pacer.follow_up(Instant::now() + self.opts.quiet());
+        }
         let now = Instant::now();
         for p in self.scanner.take_changed_during_read() {
             self.writing.insert(p, now);

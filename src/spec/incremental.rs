@@ -143,8 +143,13 @@ pub struct IncrementalSet {
     dup_diags: BTreeMap<String, Vec<Diagnostic>>,
     /// (expiry, rel) of cached loads that must be validated again then.
     expiries: BTreeSet<(Timestamp, String)>,
+    /// Files whose load has errors (validated again at each update).
+    errors: BTreeSet<String>,
     /// The context the cached loads were made with.
     ctx_key: Option<String>,
+    /// The generation of the source snapshot the set was last brought to
+    /// (kept for [`Snapshot::update_spec_set`](crate::source::Snapshot::update_spec_set)).
+    pub source_generation: Option<u64>,
     set: SpecSet,
 }
 
@@ -202,12 +207,7 @@ impl IncrementalSet {
                 let (_, rel) = self.expiries.pop_first().expect("first");
                 stale.insert(rel);
             }
-            stale.extend(
-                self.entries
-                    .iter()
-                    .filter(|(_, e)| e.has_errors)
-                    .map(|(r, _)| r.clone()),
-            );
+            stale.extend(self.errors.iter().cloned());
         }
 
         // merge-walk the (sorted) input against the entries
@@ -228,6 +228,52 @@ impl IncrementalSet {
         }
         removed.extend(old.map(|(rel, _)| rel.clone()));
 
+        self.apply(to_load, removed, ctx)
+    }
+
+    /// Brings the set up to date when only the files `rels` (relative
+    /// paths) may have changed since the last update: `lookup` gives a
+    /// file as it is now (`None`: gone). Costs the named files, the files
+    /// with errors and those whose findings expired; all files when the
+    /// context changed.
+    pub fn update_changed<'b, I, L>(&mut self, rels: I, lookup: L, ctx: &Context) -> UpdateStats
+    where
+        I: IntoIterator<Item = &'b str>,
+        L: Fn(&str) -> Option<FileRef<'b>>,
+    {
+        let key = ctx_key(ctx);
+        let mut names: BTreeSet<String> = rels.into_iter().map(str::to_string).collect();
+        if self.ctx_key.as_deref() != Some(key.as_str()) {
+            names.extend(self.entries.keys().cloned());
+        } else {
+            while let Some(first) = self.expiries.first() {
+                if first.0 >= ctx.now {
+                    break;
+                }
+                let (_, rel) = self.expiries.pop_first().expect("first");
+                names.insert(rel);
+            }
+            names.extend(self.errors.iter().cloned());
+        }
+        self.ctx_key = Some(key);
+        let mut to_load = Vec::new();
+        let mut removed = Vec::new();
+        for rel in names {
+            match lookup(&rel) {
+                Some(f) => to_load.push(f),
+                None if self.entries.contains_key(&rel) => removed.push(rel),
+                None => {}
+            }
+        }
+        self.apply(to_load, removed, ctx)
+    }
+
+    fn apply<'b>(
+        &mut self,
+        to_load: Vec<FileRef<'b>>,
+        removed: Vec<String>,
+        ctx: &Context,
+    ) -> UpdateStats {
         let stats = UpdateStats {
             files_loaded: to_load.len(),
             files_removed: removed.len(),
@@ -279,6 +325,7 @@ impl IncrementalSet {
             self.expiries.remove(&(t, rel.to_string()));
         }
         self.own_diags.remove(&e.label);
+        self.errors.remove(rel);
         self.set.invalid_files.remove(&e.label);
         for s in &e.load.specs {
             if let Some(c) = self.claims.get_mut(&s.name) {
@@ -325,6 +372,7 @@ impl IncrementalSet {
         let has_errors = load.has_errors();
         if has_errors {
             self.set.invalid_files.insert(label.clone());
+            self.errors.insert(rel.clone());
         }
         if !load.diagnostics.is_empty() {
             self.own_diags
