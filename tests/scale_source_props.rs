@@ -232,12 +232,13 @@ impl Model {
     }
 
     fn defaults(&self) -> Defaults {
-        let mut d = Defaults::default();
-        d.source = Some(
-            json!({ "identity": { "application": { "id": format!("app-{}", self.defaults) } } }),
-        );
-        d.tenant_id = Some(format!("tenant-{}", self.defaults));
-        d
+        Defaults {
+            source: Some(
+                json!({ "identity": { "application": { "id": format!("app-{}", self.defaults) } } }),
+            ),
+            tenant_id: Some(format!("tenant-{}", self.defaults)),
+            ..Defaults::default()
+        }
     }
 }
 
