@@ -408,12 +408,7 @@ pub fn status_doc(input: &StatusInput, now: Timestamp) -> Json {
                     .iter()
                     .find(|d| d["severity"] == "error")
                     .map(|d| diag_line(d))
-                    .or_else(|| {
-                        held_why
-                            .get(name)
-                            .and_then(Json::as_str)
-                            .map(str::to_string)
-                    })
+                    .or_else(|| held_why.get(name).and_then(Json::as_str).map(str::to_string))
                     .unwrap_or_else(|| "the spec is invalid (see `calld check`)".into());
                 let why = match held_due {
                     Some(r) => format!(
