@@ -113,17 +113,21 @@ pub fn load_paths(paths: &[PathBuf], config: &Config, now: Timestamp) -> Result<
         public_url: public_url.as_deref(),
         now,
     };
-    let mut builder = SetBuilder::default();
-    for (label, rel, path) in inputs {
+    // read and validate on all cores (issue 12: parsing dominates `check`)
+    let loads = crate::spec::incremental::par_map(inputs, |(label, rel, path)| {
         let bytes = path.and_then(|p| read_limited(&p));
-        builder.add_input(
+        crate::spec::load_input(
             Input {
                 label,
                 rel,
                 bytes: bytes.as_deref().map_err(Clone::clone),
             },
             &ctx,
-        );
+        )
+    });
+    let mut builder = SetBuilder::default();
+    for load in loads {
+        builder.add(load);
     }
     Ok(builder.finish())
 }

@@ -35,7 +35,7 @@ use crate::ledger::{
 };
 use crate::reconcile::{self, Action, CallMemo, Settings};
 use crate::source::Snapshot;
-use crate::spec::{Context, Input as SpecInput, Spec, SpecSet, load_set, render};
+use crate::spec::{Context, Spec, SpecSet, render};
 
 pub use setup::{RunArgs, apply_env_overrides, run};
 
@@ -131,6 +131,9 @@ pub(crate) struct Controller {
     snapshot_gen: u64,
     /// The last identity step: (snapshot_gen, held names, wake_at).
     identity_cache: Option<(u64, BTreeSet<String>, Option<Timestamp>)>,
+    /// The spec set kept file by file: a snapshot costs the files that
+    /// changed (issue 12, docs/watching.md "Cost of a change").
+    loader: crate::spec::IncrementalSet,
 }
 
 /// How the controller loop ended.
@@ -161,6 +164,7 @@ impl Controller {
             unreadable: Vec::new(),
             snapshot_gen: 0,
             identity_cache: None,
+            loader: crate::spec::IncrementalSet::new(),
         }
     }
 
@@ -171,14 +175,14 @@ impl Controller {
             public_url: self.rt.public_url.as_deref(),
             now: crate::clock::now(),
         };
-        let mut set = load_set(
-            snap.files.values().map(|f| SpecInput {
-                label: f.path.display().to_string(),
-                rel: f.rel.clone(),
-                bytes: f.content.as_deref().map_err(Clone::clone),
-            }),
-            &ctx,
+        let update = snap.update_spec_set(&mut self.loader, &ctx);
+        tracing::debug!(
+            loaded = update.files_loaded,
+            removed = update.files_removed,
+            names = update.names_resolved,
+            "spec set updated"
         );
+        let mut set = self.loader.set().clone();
         if snap.root_error.is_none() {
             self.dir_known = true;
         }

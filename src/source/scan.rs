@@ -9,7 +9,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
 
-use crate::spec::files::{MAX_SPEC_FILE_BYTES, WalkProblem, list_spec_files};
+use crate::spec::files::{
+    MAX_SPEC_FILE_BYTES, SpecFile, WalkProblem, is_skipped_name, is_spec_file_name,
+    list_spec_files_noting_links,
+};
 
 /// Files whose ctime is this close to the start of a scan (or in the
 /// future) are re-read on the next scan even when their stat key is equal:
@@ -48,6 +51,51 @@ impl std::fmt::Debug for FileSnapshot {
     }
 }
 
+impl Snapshot {
+    /// One file as the incremental spec set takes it.
+    pub fn file_ref(&self, rel: &str) -> Option<crate::spec::incremental::FileRef<'_>> {
+        self.files
+            .get(rel)
+            .map(|f| crate::spec::incremental::FileRef {
+                rel: &f.rel,
+                label: f.path.to_string_lossy(),
+                hash: f.hash,
+                bytes: f.content.as_deref().map_err(String::as_str),
+            })
+    }
+
+    /// Brings `set` to this snapshot: by the files that changed when `set`
+    /// holds the snapshot this one follows (a scan of named paths), else by
+    /// comparing every file's hash.
+    pub fn update_spec_set(
+        &self,
+        set: &mut crate::spec::IncrementalSet,
+        ctx: &crate::spec::Context,
+    ) -> crate::spec::incremental::UpdateStats {
+        let stats = match &self.delta {
+            Some((base, rels)) if set.source_generation == Some(*base) => {
+                set.update_changed(rels.iter().map(String::as_str), |r| self.file_ref(r), ctx)
+            }
+            _ => set.update(self.file_refs(), ctx),
+        };
+        set.source_generation = Some(self.generation);
+        stats
+    }
+
+    /// The files as the incremental spec set takes them (no allocation for
+    /// a file whose path is UTF-8).
+    pub fn file_refs(&self) -> impl Iterator<Item = crate::spec::incremental::FileRef<'_>> {
+        self.files
+            .values()
+            .map(|f| crate::spec::incremental::FileRef {
+                rel: &f.rel,
+                label: f.path.to_string_lossy(),
+                hash: f.hash,
+                bytes: f.content.as_deref().map_err(String::as_str),
+            })
+    }
+}
+
 impl FileSnapshot {
     /// The bytes, if the file could be read.
     pub fn bytes(&self) -> Option<&[u8]> {
@@ -72,6 +120,11 @@ pub struct ScanStats {
     /// closed, or changed while read): their last complete content stays
     /// in the snapshot (docs/watching.md, "Half-written files").
     pub unsettled_files: usize,
+    /// Only the paths events named were looked at ([`Scanner::scan_paths`]),
+    /// not the whole directory.
+    pub targeted: bool,
+    /// Folders a scan of named paths listed (a folder created or moved in).
+    pub folders_listed: usize,
 }
 
 /// The complete set of spec files of a calls directory at one moment.
@@ -95,6 +148,10 @@ pub struct Snapshot {
     pub changed: bool,
     /// What the scan cost.
     pub stats: ScanStats,
+    /// For a scan of named paths: the generation this snapshot follows and
+    /// the files (relative paths) that differ from it; `None` for a full
+    /// scan.
+    pub delta: Option<(u64, Vec<String>)>,
 }
 
 /// The identity of a file's state: any write, truncate, replace or
@@ -183,6 +240,9 @@ pub struct Scanner {
     /// Next scan only: a file modified this recently is treated as being
     /// written (no event has told whether it was closed yet).
     hold_recent: Option<Duration>,
+    /// The last full scan met a symlink in the tree: a change behind it is
+    /// not an event at its path, so [`Scanner::scan_paths`] scans in full.
+    tree_has_links: bool,
 }
 
 impl Scanner {
@@ -196,6 +256,7 @@ impl Scanner {
             hold_changing: false,
             changed_during_read: Vec::new(),
             hold_recent: None,
+            tree_has_links: false,
         }
     }
 
@@ -249,7 +310,7 @@ impl Scanner {
         let mut stats = ScanStats::default();
         self.canonical_root = std::fs::canonicalize(&self.dir).ok();
 
-        let (listed, problems) = match list_spec_files(&self.dir) {
+        let (listed, problems, links) = match list_spec_files_noting_links(&self.dir) {
             Ok(found) => found,
             Err(e) => {
                 let message = format!(
@@ -260,96 +321,17 @@ impl Scanner {
                 return self.publish_root_error(message, stats);
             }
         };
+        self.tree_has_links = links;
         stats.files_listed = listed.len();
 
         let mut files = BTreeMap::new();
         let mut seen = HashMap::with_capacity(listed.len());
         let hold_recent = self.hold_recent.take();
         for file in listed {
-            let meta = match std::fs::metadata(&file.path) {
-                Ok(m) => Ok(m),
-                // deleted between the listing and now: it is gone
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => Err(e),
-            };
-            let key = meta.as_ref().ok().map(StatKey::of);
             let old = self.cache.remove(&file.rel);
-            let reuse = match (old, key) {
-                (Some(c), Some(k)) if c.key == Some(k) && !c.racy => Ok(c),
-                (old, _) => Err(old),
+            let Some(cached) = self.visit(&file, old, scan_start, hold_recent, &mut stats) else {
+                continue;
             };
-            let cached = match reuse {
-                Ok(c) => c,
-                // being written: keep the last complete content (read again
-                // once it settles); a file not read before is held
-                Err(old) if self.is_unsettled(&file) => {
-                    stats.unsettled_files += 1;
-                    match old {
-                        Some(mut c) => {
-                            c.key = None;
-                            c
-                        }
-                        None => being_written(),
-                    }
-                }
-                Err(None)
-                    if hold_recent.is_some_and(|w| {
-                        meta.as_ref()
-                            .ok()
-                            .and_then(|m| m.modified().ok())
-                            .is_some_and(|t| t + w > scan_start)
-                    }) =>
-                {
-                    stats.unsettled_files += 1;
-                    self.changed_during_read.push(file.path.clone());
-                    being_written()
-                }
-                Err(old) => {
-                    let content = match &meta {
-                        Ok(m) => read_limited(&file.path, m.len()),
-                        Err(e) => Err(format!("cannot stat: {e}")),
-                    };
-                    let after = std::fs::metadata(&file.path).ok().map(|m| StatKey::of(&m));
-                    if self.hold_changing && content.is_ok() && after != key {
-                        // changed while we read it: not complete
-                        stats.unsettled_files += 1;
-                        self.changed_during_read.push(file.path.clone());
-                        let c = match old {
-                            Some(mut c) => {
-                                c.key = None;
-                                c
-                            }
-                            None => being_written(),
-                        };
-                        files.insert(
-                            file.rel.clone(),
-                            FileSnapshot {
-                                rel: file.rel.clone(),
-                                path: file.path.clone(),
-                                content: c.content.clone(),
-                                hash: c.hash,
-                            },
-                        );
-                        seen.insert(file.rel, c);
-                        continue;
-                    }
-                    stats.files_read += 1;
-                    if let Ok(bytes) = &content {
-                        stats.bytes_read += bytes.len() as u64;
-                    }
-                    let hash = hash_content(&content);
-                    Cached {
-                        key,
-                        racy: key.is_some_and(|k| k.is_racy(scan_start)),
-                        content,
-                        hash,
-                        link_dir: link_dir(&file.path),
-                    }
-                }
-            };
-            if cached.racy {
-                stats.racy_files += 1;
-            }
             files.insert(
                 file.rel.clone(),
                 FileSnapshot {
@@ -378,7 +360,238 @@ impl Scanner {
                         .any(|(a, b)| a.rel != b.rel || a.hash != b.hash || a.path != b.path)
             }
         };
-        self.finish(files, problems, None, changed, stats)
+        self.finish(files, problems, None, changed, stats, None)
+    }
+
+    /// Looks at one listed file: its cached state when its stat key is
+    /// unchanged, else its bytes (or the hold, when it is being written).
+    /// `None`: it is gone.
+    fn visit(
+        &mut self,
+        file: &SpecFile,
+        old: Option<Cached>,
+        scan_start: SystemTime,
+        hold_recent: Option<Duration>,
+        stats: &mut ScanStats,
+    ) -> Option<Cached> {
+        let meta = match std::fs::metadata(&file.path) {
+            Ok(m) => Ok(m),
+            // deleted between the listing and now: it is gone
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => Err(e),
+        };
+        let key = meta.as_ref().ok().map(StatKey::of);
+        let reuse = match (old, key) {
+            (Some(c), Some(k)) if c.key == Some(k) && !c.racy => Ok(c),
+            (old, _) => Err(old),
+        };
+        let cached = match reuse {
+            Ok(c) => c,
+            // being written: keep the last complete content (read again
+            // once it settles); a file not read before is held
+            Err(old) if self.is_unsettled(file) => {
+                stats.unsettled_files += 1;
+                match old {
+                    Some(mut c) => {
+                        c.key = None;
+                        c
+                    }
+                    None => being_written(),
+                }
+            }
+            Err(None)
+                if hold_recent.is_some_and(|w| {
+                    meta.as_ref()
+                        .ok()
+                        .and_then(|m| m.modified().ok())
+                        .is_some_and(|t| t + w > scan_start)
+                }) =>
+            {
+                stats.unsettled_files += 1;
+                self.changed_during_read.push(file.path.clone());
+                being_written()
+            }
+            Err(old) => {
+                let content = match &meta {
+                    Ok(m) => read_limited(&file.path, m.len()),
+                    Err(e) => Err(format!("cannot stat: {e}")),
+                };
+                let after = std::fs::metadata(&file.path).ok().map(|m| StatKey::of(&m));
+                if self.hold_changing && content.is_ok() && after != key {
+                    // changed while we read it: not complete
+                    stats.unsettled_files += 1;
+                    self.changed_during_read.push(file.path.clone());
+                    return Some(match old {
+                        Some(mut c) => {
+                            c.key = None;
+                            c
+                        }
+                        None => being_written(),
+                    });
+                }
+                stats.files_read += 1;
+                if let Ok(bytes) = &content {
+                    stats.bytes_read += bytes.len() as u64;
+                }
+                let hash = hash_content(&content);
+                Cached {
+                    key,
+                    racy: key.is_some_and(|k| k.is_racy(scan_start)),
+                    content,
+                    hash,
+                    link_dir: link_dir(&file.path),
+                }
+            }
+        };
+        if cached.racy {
+            stats.racy_files += 1;
+        }
+        Some(cached)
+    }
+
+    /// Whether [`Scanner::scan_paths`] can look at named paths only: a
+    /// full scan came before and saw a plain tree (no symlink, no problem,
+    /// the calls directory readable and where it was).
+    fn can_scan_paths(&self) -> bool {
+        !self.tree_has_links
+            && self.hold_recent.is_none()
+            && self
+                .last
+                .as_ref()
+                .is_some_and(|l| l.root_error.is_none() && l.problems.is_empty())
+            && self.canonical_root.is_some()
+            && std::fs::canonicalize(&self.dir).ok() == self.canonical_root
+    }
+
+    /// A scan of the paths events named (files or folders, absolute, as
+    /// the watcher reports them): a folder is listed again, a file is
+    /// looked at, a path that is gone drops what was below it; everything
+    /// else is taken from the last scan without a system call. Falls back
+    /// to [`Scanner::scan`] whenever a named path cannot be trusted alone:
+    /// outside the calls directory, the directory itself, a symlink, a
+    /// tree with symlinks, or an unreadable folder (docs/watching.md, "Cost
+    /// of a change").
+    pub fn scan_paths<'p>(&mut self, paths: impl IntoIterator<Item = &'p Path>) -> Arc<Snapshot> {
+        if !self.can_scan_paths() {
+            return self.scan();
+        }
+        let started = Instant::now();
+        let scan_start = SystemTime::now();
+        let root = self.canonical_root.clone().expect("checked");
+        let mut folders_listed = 0;
+        // (relative path, what is there now); None: gone
+        let mut todo: BTreeMap<String, Option<Vec<SpecFile>>> = BTreeMap::new();
+        for p in paths {
+            let Ok(rel) = p.strip_prefix(&root) else {
+                return self.scan();
+            };
+            let mut parts = Vec::new();
+            for c in rel.components() {
+                match c {
+                    std::path::Component::Normal(n) => match n.to_str() {
+                        Some(n) => parts.push(n),
+                        None => return self.scan(),
+                    },
+                    _ => return self.scan(),
+                }
+            }
+            if parts.is_empty() {
+                return self.scan();
+            }
+            // below a skipped name: never part of the tree
+            if parts.iter().any(|n| is_skipped_name(n)) {
+                continue;
+            }
+            let rel = parts.join("/");
+            let meta = std::fs::symlink_metadata(p);
+            if meta.as_ref().is_ok_and(|m| m.is_dir()) {
+                folders_listed += 1;
+            }
+            let found = match meta {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(_) => return self.scan(),
+                Ok(m) if m.file_type().is_symlink() => return self.scan(),
+                Ok(m) if m.is_dir() => match list_spec_files_noting_links(p) {
+                    Ok((files, problems, links)) if problems.is_empty() && !links => Some(
+                        files
+                            .into_iter()
+                            .map(|f| SpecFile {
+                                rel: format!("{rel}/{}", f.rel),
+                                path: f.path,
+                            })
+                            .collect(),
+                    ),
+                    _ => return self.scan(),
+                },
+                Ok(m) if m.is_file() && is_spec_file_name(parts[parts.len() - 1]) => {
+                    Some(vec![SpecFile {
+                        rel: rel.clone(),
+                        path: p.to_path_buf(),
+                    }])
+                }
+                Ok(_) => None,
+            };
+            todo.insert(rel, found);
+        }
+        let last = self.last.clone().expect("checked");
+        let mut files = last.files.clone();
+        let mut stats = ScanStats {
+            targeted: true,
+            folders_listed,
+            ..ScanStats::default()
+        };
+        let mut changed = false;
+        let mut delta: Vec<String> = Vec::new();
+        for (rel, found) in todo {
+            // what was at or below `rel` is replaced by what is there now
+            // (`team-a.yaml` sorts between `team-a` and `team-a/…`)
+            let prefix = format!("{rel}/");
+            let mut gone: BTreeSet<String> = files
+                .range(prefix.clone()..)
+                .take_while(|(r, _)| r.starts_with(&prefix))
+                .map(|(r, _)| r.clone())
+                .collect();
+            if files.contains_key(&rel) {
+                gone.insert(rel.clone());
+            }
+            for file in found.into_iter().flatten() {
+                gone.remove(&file.rel);
+                let old = self.cache.remove(&file.rel);
+                match self.visit(&file, old, scan_start, None, &mut stats) {
+                    Some(cached) => {
+                        let snap = FileSnapshot {
+                            rel: file.rel.clone(),
+                            path: file.path,
+                            content: cached.content.clone(),
+                            hash: cached.hash,
+                        };
+                        let same = files
+                            .get(&file.rel)
+                            .is_some_and(|f| f.hash == snap.hash && f.path == snap.path);
+                        if !same {
+                            changed = true;
+                            delta.push(file.rel.clone());
+                            files.insert(file.rel.clone(), snap);
+                        }
+                        self.cache.insert(file.rel, cached);
+                    }
+                    None => {
+                        gone.insert(file.rel);
+                    }
+                }
+            }
+            for r in gone {
+                if files.remove(&r).is_some() {
+                    changed = true;
+                    delta.push(r.clone());
+                }
+                self.cache.remove(&r);
+            }
+        }
+        stats.files_listed = files.len();
+        stats.elapsed = started.elapsed();
+        let delta = Some((last.generation, delta));
+        self.finish(files, last.problems.clone(), None, changed, stats, delta)
     }
 
     fn publish_root_error(&mut self, message: String, stats: ScanStats) -> Arc<Snapshot> {
@@ -390,7 +603,7 @@ impl Scanner {
             ),
             None => (BTreeMap::new(), Vec::new(), true),
         };
-        self.finish(files, problems, Some(message), changed, stats)
+        self.finish(files, problems, Some(message), changed, stats, None)
     }
 
     fn finish(
@@ -400,6 +613,7 @@ impl Scanner {
         root_error: Option<String>,
         changed: bool,
         stats: ScanStats,
+        delta: Option<(u64, Vec<String>)>,
     ) -> Arc<Snapshot> {
         let last_generation = self.last.as_ref().map_or(0, |s| s.generation);
         let snapshot = Arc::new(Snapshot {
@@ -414,6 +628,7 @@ impl Scanner {
             root_error,
             changed,
             stats,
+            delta,
         });
         self.last = Some(snapshot.clone());
         snapshot

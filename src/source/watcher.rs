@@ -1,17 +1,16 @@
 //! The watcher thread: notify events → dirty → debounced rescan → snapshot.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use notify::Watcher as _;
 use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, PollWatcher, RecommendedWatcher, RecursiveMode};
-use notify_debouncer_full::{
-    DebounceEventHandler, DebounceEventResult, Debouncer, NoCache, new_debouncer_opt,
-};
+use notify_debouncer_full::{DebounceEventHandler, DebounceEventResult};
 
 use super::pacer::Pacer;
 use super::scan::{RACY_WINDOW, Scanner, Snapshot};
@@ -83,16 +82,12 @@ impl SourceOptions {
         }
     }
 
-    /// The debouncer's own timeout: half the debounce (at least 5 ms); the
-    /// source's quiet time is the other half, so `debounce` is the total.
-    /// The debouncer's thread ticks at this interval too (it has no idle
-    /// mode): 40 wake-ups a second at the default, not 160.
-    fn notify_timeout(&self) -> Duration {
-        (self.debounce / 2).max(Duration::from_millis(5))
-    }
-
+    /// The quiet time before a rescan: all of the debounce. Events go
+    /// from notify straight to the watcher thread, whose pacer debounces
+    /// them: no debouncer thread ticking while the directory is idle
+    /// (issue 12; it woke every 10 ms at the default before).
     fn quiet(&self) -> Duration {
-        self.debounce.saturating_sub(self.notify_timeout())
+        self.debounce
     }
 }
 
@@ -101,7 +96,7 @@ impl SourceOptions {
 enum Msg {
     /// Something changed (any event, including a rescan flag), with what
     /// the events say about files being written (see [`writes_of`]).
-    Dirty(Vec<(PathBuf, Write)>),
+    Dirty(Dirty),
     /// The watcher reported an error; rescan to be safe.
     WatcherError(String),
     /// Out of inotify watches or instances: switch to polling.
@@ -112,6 +107,17 @@ enum Msg {
     Stop,
 }
 
+/// What a batch of events says.
+#[derive(Debug)]
+struct Dirty {
+    /// Files being written or done (see [`writes_of`]).
+    writes: Vec<(PathBuf, Write)>,
+    /// Every path the events name: where the next rescan looks.
+    paths: Vec<PathBuf>,
+    /// An event asked for a full rescan (a queue overflow).
+    full: bool,
+}
+
 /// Turns what the debouncer delivers into a message, or nothing for events
 /// that cannot mean a change (opens and read-only closes, which our own
 /// rescans cause).
@@ -120,7 +126,17 @@ fn classify(result: DebounceEventResult) -> Option<Msg> {
         Ok(events) => events
             .iter()
             .any(|e| e.need_rescan() || may_change(&e.kind))
-            .then(|| Msg::Dirty(writes_of(&events))),
+            .then(|| {
+                Msg::Dirty(Dirty {
+                    writes: writes_of(&events),
+                    paths: events
+                        .iter()
+                        .filter(|e| may_change(&e.kind))
+                        .flat_map(|e| e.paths.iter().cloned())
+                        .collect(),
+                    full: events.iter().any(|e| e.need_rescan()),
+                })
+            }),
         Err(errors) => {
             if let Some(e) = errors.iter().find(|e| is_watch_limit(e)) {
                 return Some(Msg::WatchLimit(e.to_string()));
@@ -200,33 +216,35 @@ impl DebounceEventHandler for Forward {
     }
 }
 
+/// notify's events, one at a time, as a batch of one (the pacer debounces).
+impl notify::EventHandler for Forward {
+    fn handle_event(&mut self, event: notify::Result<notify::Event>) {
+        let result = match event {
+            Ok(e) => Ok(vec![notify_debouncer_full::DebouncedEvent::new(
+                e,
+                Instant::now(),
+            )]),
+            Err(e) => Err(vec![e]),
+        };
+        DebounceEventHandler::handle_event(self, result);
+    }
+}
+
 /// The notify watcher in use.
 enum Backend {
-    Native(Debouncer<RecommendedWatcher, NoCache>),
-    Poll(Debouncer<PollWatcher, NoCache>),
+    Native(RecommendedWatcher),
+    Poll(PollWatcher),
 }
 
 impl Backend {
-    fn native(opts: &SourceOptions, tx: &mpsc::Sender<Msg>) -> notify::Result<Backend> {
-        let timeout = opts.notify_timeout();
-        new_debouncer_opt(
-            timeout,
-            Some(timeout),
-            Forward(tx.clone()),
-            NoCache,
-            notify::Config::default(),
-        )
-        .map(Backend::Native)
+    fn native(_opts: &SourceOptions, tx: &mpsc::Sender<Msg>) -> notify::Result<Backend> {
+        RecommendedWatcher::new(Forward(tx.clone()), notify::Config::default()).map(Backend::Native)
     }
 
     fn poll(opts: &SourceOptions, tx: &mpsc::Sender<Msg>) -> anyhow::Result<Backend> {
-        let timeout = opts.notify_timeout();
         let config = notify::Config::default().with_poll_interval(opts.poll_interval);
-        Ok(Backend::Poll(new_debouncer_opt(
-            timeout,
-            Some(timeout),
+        Ok(Backend::Poll(PollWatcher::new(
             Forward(tx.clone()),
-            NoCache,
             config,
         )?))
     }
@@ -375,7 +393,18 @@ struct Source {
     /// Files being written (modified, not closed yet), with their latest
     /// change: held until closed or quiet for `settle`.
     writing: HashMap<PathBuf, Instant>,
+    /// Paths named by events since the last scan: the next scan looks
+    /// only there (docs/watching.md, "Cost of a change").
+    targets: BTreeSet<PathBuf>,
+    /// The next scan is a full one (first scan, overflow, watcher error,
+    /// requested, a watch added, the directory unreadable).
+    full_next: bool,
+    /// When the last full scan started: one is due every resync interval.
+    last_full: Instant,
 }
+
+/// More paths than this in one rescan: a full scan is as cheap.
+const MAX_TARGETS: usize = 4096;
 
 impl Source {
     /// Re-computes the watches; on running out of inotify watches, switches
@@ -433,11 +462,38 @@ impl Source {
         self.pacer.scan_started(started);
         // files being written: quiet for `settle` counts as done
         let settle = self.opts.settle;
-        self.writing
-            .retain(|_, at| started.duration_since(*at) < settle);
+        let targets = &mut self.targets;
+        self.writing.retain(|path, at| {
+            let writing = started.duration_since(*at) < settle;
+            if !writing {
+                // settled: read it now
+                targets.insert(path.clone());
+            }
+            writing
+        });
         self.scanner
             .set_unsettled(self.writing.keys().cloned().collect());
-        let snapshot = self.scanner.scan();
+        let full = self.full_next
+            || self.targets.is_empty()
+            || self.targets.len() > MAX_TARGETS
+            || self.backend.is_poll()
+            || started.duration_since(self.last_full) >= self.opts.resync_interval;
+        let snapshot = if full {
+            self.last_full = started;
+            self.scanner.scan()
+        } else {
+            self.scanner
+                .scan_paths(self.targets.iter().map(PathBuf::as_path))
+        };
+        self.targets.clear();
+        self.full_next = false;
+        if snapshot.stats.folders_listed > 0 {
+            // a folder created or moved in: files written into it before
+            // its watch was in place gave no event; look at everything
+            // once it is quiet
+            self.full_next = true;
+            self.pacer.follow_up(Instant::now() + self.opts.quiet());
+        }
         let now = Instant::now();
         for p in self.scanner.take_changed_during_read() {
             self.writing.insert(p, now);
@@ -446,10 +502,13 @@ impl Source {
             self.pacer.follow_up(*first + settle);
         }
         if self.sync_watches() {
+            // something may have changed before the watch was in place
+            self.full_next = true;
             self.pacer.follow_up(Instant::now() + self.opts.quiet());
         }
         let now = Instant::now();
         if snapshot.root_error.is_some() {
+            self.full_next = true;
             self.pacer.follow_up(now + ROOT_RETRY);
         }
         // With inotify, a rewrite after our read is an event, and the rescan
@@ -497,8 +556,16 @@ impl Source {
                 .saturating_duration_since(now)
                 .min(CHECK_CLOSED_EVERY);
             match rx.recv_timeout(wait) {
-                Ok(Msg::Dirty(writes)) => {
+                Ok(Msg::Dirty(Dirty {
+                    writes,
+                    paths,
+                    full,
+                })) => {
                     let now = Instant::now();
+                    if full || paths.is_empty() {
+                        self.full_next = true;
+                    }
+                    self.targets.extend(paths);
                     for (path, w) in writes {
                         match w {
                             Write::Open => {
@@ -513,10 +580,14 @@ impl Source {
                 }
                 Ok(Msg::WatcherError(e)) => {
                     tracing::warn!(error = %e, "watcher error; rescanning");
+                    self.full_next = true;
                     self.pacer.event(Instant::now());
                 }
                 Ok(Msg::WatchLimit(e)) => self.fall_back_to_polling(&e),
-                Ok(Msg::Rescan) => self.pacer.request(),
+                Ok(Msg::Rescan) => {
+                    self.full_next = true;
+                    self.pacer.request();
+                }
                 Ok(Msg::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if tx.is_closed() {
@@ -563,7 +634,7 @@ impl SourceGuard {
     pub fn simulate_overflow(&self) {
         let overflow = notify::Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan);
         let event = notify_debouncer_full::DebouncedEvent::new(overflow, Instant::now());
-        Forward(self.msg_tx.clone()).handle_event(Ok(vec![event]));
+        DebounceEventHandler::handle_event(&mut Forward(self.msg_tx.clone()), Ok(vec![event]));
     }
 }
 
@@ -573,7 +644,7 @@ impl SourceGuard {
     #[doc(hidden)]
     pub fn simulate_watch_limit(&self) {
         let limit = notify::Error::new(notify::ErrorKind::MaxFilesWatch);
-        Forward(self.msg_tx.clone()).handle_event(Err(vec![limit]));
+        DebounceEventHandler::handle_event(&mut Forward(self.msg_tx.clone()), Err(vec![limit]));
     }
 }
 
@@ -630,6 +701,9 @@ pub fn watch(
         msg_tx: msg_tx.clone(),
         polling: polling.clone(),
         writing: HashMap::new(),
+        targets: BTreeSet::new(),
+        full_next: true,
+        last_full: now,
         opts,
     };
 
@@ -786,14 +860,13 @@ mod tests {
     }
 
     #[test]
-    fn debounce_is_split_between_notify_and_the_pacer() {
+    fn the_pacer_waits_the_whole_debounce() {
         let o = SourceOptions::default();
-        assert_eq!(o.notify_timeout() + o.quiet(), o.debounce);
+        assert_eq!(o.quiet(), o.debounce);
         let zero = SourceOptions {
             debounce: Duration::ZERO,
             ..SourceOptions::default()
         };
-        assert_eq!(zero.notify_timeout(), Duration::from_millis(5));
         assert_eq!(zero.quiet(), Duration::ZERO);
     }
 

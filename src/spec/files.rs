@@ -51,6 +51,16 @@ pub struct WalkProblem {
 /// files, so one unreadable folder does not hide the others; only an
 /// unreadable `dir` itself is an `Err`.
 pub fn list_spec_files(dir: &Path) -> io::Result<(Vec<SpecFile>, Vec<WalkProblem>)> {
+    list_spec_files_noting_links(dir).map(|(f, p, _)| (f, p))
+}
+
+/// [`list_spec_files`], and whether the tree holds a symlink (to a file or
+/// a folder) among the entries it walked: a change behind a symlink is not
+/// an event at the path the symlink has in the tree.
+pub fn list_spec_files_noting_links(
+    dir: &Path,
+) -> io::Result<(Vec<SpecFile>, Vec<WalkProblem>, bool)> {
+    let mut links = false;
     let mut files = Vec::new();
     let mut problems = Vec::new();
     let mut seen_dirs = HashSet::new();
@@ -62,9 +72,17 @@ pub fn list_spec_files(dir: &Path) -> io::Result<(Vec<SpecFile>, Vec<WalkProblem
         ));
     }
     seen_dirs.insert(dir_identity(&root_meta));
-    walk(dir, "", &mut seen_dirs, &mut files, &mut problems, true)?;
+    walk(
+        dir,
+        "",
+        &mut seen_dirs,
+        &mut files,
+        &mut problems,
+        &mut links,
+        true,
+    )?;
     files.sort();
-    Ok((files, problems))
+    Ok((files, problems, links))
 }
 
 #[cfg(unix)]
@@ -84,6 +102,7 @@ fn walk(
     seen_dirs: &mut HashSet<(u64, u64)>,
     files: &mut Vec<SpecFile>,
     problems: &mut Vec<WalkProblem>,
+    links: &mut bool,
     is_root: bool,
 ) -> io::Result<()> {
     let entries = match std::fs::read_dir(dir) {
@@ -120,6 +139,10 @@ fn walk(
             continue;
         }
         let path = entry.path();
+        // d_type from the listing: no extra system call
+        if entry.file_type().is_ok_and(|t| t.is_symlink()) {
+            *links = true;
+        }
         // follow symlinks: metadata() resolves them
         let meta = match std::fs::metadata(&path) {
             Ok(m) => m,
@@ -141,7 +164,7 @@ fn walk(
         };
         if meta.is_dir() {
             if seen_dirs.insert(dir_identity(&meta)) {
-                walk(&path, &rel, seen_dirs, files, problems, false)?;
+                walk(&path, &rel, seen_dirs, files, problems, links, false)?;
             }
         } else if meta.is_file() && is_spec_file_name(name) {
             files.push(SpecFile { rel, path });

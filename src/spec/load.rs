@@ -231,6 +231,30 @@ where
     builder.finish()
 }
 
+/// Loads one input: its bytes, or the error reading it (a file that cannot
+/// be read still names the spec its path gives, whose runs are held).
+pub fn load_input(input: Input<'_>, ctx: &Context) -> FileLoad {
+    match input.bytes {
+        Ok(bytes) => load_file(&input.label, &input.rel, bytes, ctx),
+        Err(e) => {
+            let mut load = FileLoad {
+                file: input.label.clone(),
+                ..FileLoad::default()
+            };
+            load.diagnostics.push(Diagnostic::new(
+                &input.label,
+                START,
+                Severity::Error,
+                "",
+                format!("cannot read: {e}"),
+            ));
+            // a file we cannot read still names a spec whose runs are held
+            load.invalid_names.extend(held_default_name(&input.rel));
+            load
+        }
+    }
+}
+
 /// [`load_set`] one file at a time, so a caller can read, load and drop
 /// each file's bytes in turn instead of holding the whole directory.
 #[derive(Debug, Default)]
@@ -246,26 +270,7 @@ pub struct SetBuilder {
 impl SetBuilder {
     /// Loads one input (its bytes, or the error reading it) and adds it.
     pub fn add_input(&mut self, input: Input<'_>, ctx: &Context) {
-        let load = match input.bytes {
-            Ok(bytes) => load_file(&input.label, &input.rel, bytes, ctx),
-            Err(e) => {
-                let mut load = FileLoad {
-                    file: input.label.clone(),
-                    ..FileLoad::default()
-                };
-                load.diagnostics.push(Diagnostic::new(
-                    &input.label,
-                    START,
-                    Severity::Error,
-                    "",
-                    format!("cannot read: {e}"),
-                ));
-                // a file we cannot read still names a spec whose runs are held
-                load.invalid_names.extend(held_default_name(&input.rel));
-                load
-            }
-        };
-        self.add(load);
+        self.add(load_input(input, ctx));
     }
 
     /// Adds one file's result.

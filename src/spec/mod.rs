@@ -9,6 +9,7 @@
 pub mod bodycheck;
 pub mod diag;
 pub mod files;
+pub mod incremental;
 pub mod joinurl;
 pub mod load;
 pub mod model;
@@ -19,6 +20,7 @@ pub mod validate;
 pub mod yaml;
 
 pub use diag::{Diagnostic, Severity};
-pub use load::{FileLoad, Input, SetBuilder, SpecSet, load_file, load_set};
+pub use incremental::IncrementalSet;
+pub use load::{FileLoad, Input, SetBuilder, SpecSet, load_file, load_input, load_set};
 pub use model::Spec;
 pub use validate::Context;
