@@ -282,10 +282,15 @@ fn burst(others: usize) {
             .and_then(|l| l.open_runs().ok())
             .map_or(0, |r| r.len())
     };
+    let started = Instant::now();
     let _d = env.start();
     wait_until_long("the cron runs planned", Duration::from_secs(3600), || {
         (open_runs() >= others).then_some(())
     });
+    println!(
+        "N = {others}: start to every cron run planned: {:?}",
+        started.elapsed()
+    );
     // due on a whole second, far enough ahead for the 300 files to be loaded
     let due = Timestamp::now()
         .checked_add(SignedDuration::from_secs(8))
@@ -308,7 +313,10 @@ fn burst(others: usize) {
         let c = emu.creates();
         (c.len() >= BURST).then_some(c)
     });
-    let mut after: Vec<f64> = creates.iter().map(|c| ms_between(due, received_at(c))).collect();
+    let mut after: Vec<f64> = creates
+        .iter()
+        .map(|c| ms_between(due, received_at(c)))
+        .collect();
     after.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let early = after.iter().filter(|d| **d < 0.0).count();
     println!(
@@ -316,7 +324,11 @@ fn burst(others: usize) {
         after[0],
         percentile(&after, 0.5),
         after[after.len() - 1],
-        if planned_before { "" } else { " (WARNING: not all planned before due)" }
+        if planned_before {
+            ""
+        } else {
+            " (WARNING: not all planned before due)"
+        }
     );
 }
 
