@@ -238,22 +238,22 @@ mod tests {
     #[derive(Debug, Clone)]
     enum Op {
         Insert(u8),
-        Record(u8),
+        Recorded(u8),
         Finish(u8, bool),
         Retry(u8),
         Requesting(u8),
-        CallOp(u8, bool),
+        Call(u8, bool),
     }
 
     fn op() -> impl Strategy<Value = Op> {
         let k = 0u8..4;
         prop_oneof![
             k.clone().prop_map(Op::Insert),
-            k.clone().prop_map(Op::Record),
+            k.clone().prop_map(Op::Recorded),
             (k.clone(), any::<bool>()).prop_map(|(k, b)| Op::Finish(k, b)),
             k.clone().prop_map(Op::Retry),
             k.clone().prop_map(Op::Requesting),
-            (k, any::<bool>()).prop_map(|(k, b)| Op::CallOp(k, b)),
+            (k, any::<bool>()).prop_map(|(k, b)| Op::Call(k, b)),
         ]
     }
 
@@ -266,7 +266,7 @@ mod tests {
         let id = |k: &u8| ids.get(k).cloned();
         Some(match op {
             Op::Insert(k) => Write::Insert(key(*k)),
-            Op::Record(k) => Write::Record {
+            Op::Recorded(k) => Write::Record {
                 run: key(*k),
                 finish: Finish::new(Outcome::Missed).reason("down"),
             },
@@ -287,7 +287,7 @@ mod tests {
                 id: id(k)?,
                 hangup_after: None,
             },
-            Op::CallOp(k, hang_up) => Write::CallOp {
+            Op::Call(k, hang_up) => Write::CallOp {
                 id: id(k)?,
                 hang_up: *hang_up,
             },
@@ -317,7 +317,9 @@ mod tests {
     }
 
     /// What is stored about each key, without the random ids.
-    fn stored(l: &SqliteLedger) -> Vec<(String, RunState, Option<Outcome>, Option<String>, u32)> {
+    type Stored = (String, RunState, Option<Outcome>, Option<String>, u32);
+
+    fn stored(l: &SqliteLedger) -> Vec<Stored> {
         (0..4u8)
             .filter_map(|k| l.run_by_key(&key(k).key).unwrap())
             .map(|r| {
