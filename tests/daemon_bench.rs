@@ -12,6 +12,10 @@
 //! - `scale_100k`: 100,000 cron specs; time to the first complete load and
 //!   to every run planned, RSS, one changed file picked up, idle CPU.
 //!   `CALLD_BENCH_SPECS` changes the count.
+//! - `burst_300`: 300 `at` specs due the same second, with N = 0 and
+//!   10,000 other cron specs (`CALLD_BENCH_OTHERS=0,10000`): time from the
+//!   due second to the last create at the emulator, none early; and the
+//!   time from start to every cron run planned.
 
 mod daemon_support;
 
