@@ -12,6 +12,10 @@
 //! - `scale_100k`: 100,000 cron specs; time to the first complete load and
 //!   to every run planned, RSS, one changed file picked up, idle CPU.
 //!   `CALLD_BENCH_SPECS` changes the count.
+//! - `burst_300`: 300 `at` specs due the same second, with N = 0 and
+//!   10,000 other cron specs (`CALLD_BENCH_OTHERS=0,10000`): time from the
+//!   due second to the last create at the emulator, none early; and the
+//!   time from start to every cron run planned.
 
 mod daemon_support;
 
@@ -252,5 +256,94 @@ fn wait_until_long<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option
             panic!("timed out waiting for {what}");
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// 300 `at` specs due the same second, with `others` cron specs (none due
+/// during the run) in the directory: the time from the due second to the
+/// last create at the emulator, and how many arrived early (must be none).
+fn burst(others: usize) {
+    const BURST: usize = 300;
+    let emu = Emu::start("calls: { answerAfter: 10ms, length: 20ms }\n");
+    let env = Env::new(&emu);
+    let hour_now = Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC).hour() as usize;
+    for i in 0..others {
+        let m = i % 60;
+        let h = (hour_now + 2 + (i / 60) % 20) % 24;
+        env.drop_spec(
+            &format!("team-{:03}/s{i:06}.yaml", i % 500),
+            &format!(
+                "{}schedule: {{ cron: \"{m} {h} * * *\" }}\n",
+                call_spec(&format!("Spec {i}"))
+            ),
+        );
+    }
+    let ledger_path = env.state.join(calld::ledger::LEDGER_FILE);
+    let open_runs = || {
+        use calld::ledger::Ledger;
+        calld::ledger::SqliteLedger::open_read_only(&ledger_path)
+            .ok()
+            .and_then(|l| l.open_runs().ok())
+            .map_or(0, |r| r.len())
+    };
+    let started = Instant::now();
+    let _d = env.start();
+    wait_until_long("the cron runs planned", Duration::from_secs(3600), || {
+        (open_runs() >= others).then_some(())
+    });
+    println!(
+        "N = {others}: start to every cron run planned: {:?}",
+        started.elapsed()
+    );
+    // due on a whole second, far enough ahead for the 300 files to be loaded
+    let due = Timestamp::now()
+        .checked_add(SignedDuration::from_secs(8))
+        .unwrap();
+    let due = Timestamp::from_second(due.as_second()).unwrap();
+    for i in 0..BURST {
+        env.drop_spec(
+            &format!("burst/b{i:03}.yaml"),
+            &format!(
+                "{}schedule: {{ at: \"{due}\" }}\n",
+                call_spec(&format!("Burst {i}"))
+            ),
+        );
+    }
+    wait_until_long("the burst planned", Duration::from_secs(600), || {
+        (open_runs() >= others + BURST).then_some(())
+    });
+    let planned_before = Timestamp::now() < due;
+    let creates = wait_until_long("300 creates", Duration::from_secs(600), || {
+        let c = emu.creates();
+        (c.len() >= BURST).then_some(c)
+    });
+    let mut after: Vec<f64> = creates
+        .iter()
+        .map(|c| ms_between(due, received_at(c)))
+        .collect();
+    after.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let early = after.iter().filter(|d| **d < 0.0).count();
+    println!(
+        "300 `at` specs due the same second, N = {others} cron specs: first create +{:.1} ms, p50 +{:.1} ms, last create +{:.1} ms after due; early: {early}{}",
+        after[0],
+        percentile(&after, 0.5),
+        after[after.len() - 1],
+        if planned_before {
+            ""
+        } else {
+            " (WARNING: not all planned before due)"
+        }
+    );
+}
+
+#[test]
+#[ignore]
+fn burst_300() {
+    let counts: Vec<usize> = std::env::var("CALLD_BENCH_OTHERS")
+        .ok()
+        .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![0, 10_000]);
+    for n in counts {
+        burst(n);
     }
 }

@@ -13,6 +13,7 @@
 //! before its create request leaves; the ledger refuses to mark a run twice,
 //! and a run left `requesting` by a crash becomes `unknown`, never re-sent.
 
+mod batch;
 mod identity;
 mod logs;
 mod setup;
@@ -30,10 +31,10 @@ use crate::callback::Inbound;
 use crate::config::Config;
 use crate::graph::{CreateOutcome, CreateResult, GraphClient};
 use crate::ledger::{
-    self, AttemptResult, CallStateUpdate, Disposition, Finish, Ledger, Outcome, ResultInfo, Run,
-    RunKey, SqliteLedger,
+    self, AttemptResult, CallStateUpdate, Disposition, Ledger, Outcome, ResultInfo, Run,
+    SqliteLedger,
 };
-use crate::reconcile::{self, Action, CallMemo, Settings};
+use crate::reconcile::{self, CallMemo, Settings};
 use crate::source::Snapshot;
 use crate::spec::{Context, Spec, SpecSet, render};
 
@@ -253,44 +254,30 @@ impl Controller {
     pub(crate) async fn decide(&mut self) -> anyhow::Result<Option<Timestamp>> {
         let now = crate::clock::now();
         self.deferred = false;
-        let read = |l: &mut SqliteLedger| {
-            let runs = l.open_runs()?;
-            let progress = l.open_run_progress()?;
-            let latest: BTreeMap<String, Run> = l
-                .latest_runs()?
-                .into_iter()
-                .map(|r| (r.spec.clone(), r))
-                .collect();
-            let last_slots = l.last_slots()?;
-            let promises = l.call_promises()?;
-            let not_before = l.not_before_times()?;
-            Ok((runs, progress, latest, last_slots, promises, not_before))
-        };
-        let (mut runs, mut progress, mut latest, mut last_slots, mut promises, mut not_before) =
-            with_ledger(&self.rt.ledger, read).await?;
+        // One snapshot of the open runs (one batched read).
+        let read = |l: &mut SqliteLedger| l.open_state();
+        let ledger::OpenState {
+            mut runs,
+            mut progress,
+            mut latest,
+            mut last_slots,
+            mut promises,
+        } = with_ledger(&self.rt.ledger, read).await?;
         // Renames, held names, upgrades: before the decision (docs/runs.md).
         let ident = self.identity_step(now, &runs, &latest, &last_slots).await?;
         if ident.ledger_changed {
-            (runs, progress, latest, last_slots, promises, not_before) =
-                with_ledger(&self.rt.ledger, read).await?;
+            ledger::OpenState {
+                runs,
+                progress,
+                latest,
+                last_slots,
+                promises,
+            } = with_ledger(&self.rt.ledger, read).await?;
             self.write_specs_report();
         }
         // A run whose request task is running is in flight whatever the ledger says.
         for id in &self.in_flight {
             progress.entry(id.clone()).or_default().in_flight = true;
-        }
-        for (id, t) in not_before {
-            if let Some(p) = progress.get_mut(&id) {
-                p.not_before = Some(t);
-            } else {
-                progress.insert(
-                    id,
-                    ledger::RunProgress {
-                        not_before: Some(t),
-                        ..Default::default()
-                    },
-                );
-            }
         }
         self.calls.retain(|id, _| runs.iter().any(|r| &r.id == id));
         // The promises of calls in progress come from the ledger (they
@@ -337,14 +324,9 @@ impl Controller {
         for d in &decision.dropped {
             tracing::warn!(spec = %d.spec, count = d.count, first = %d.first, last = %d.last, "slots passed during downtime were not recorded (too many)");
         }
-        let mut inserted: HashMap<RunKey, Run> = HashMap::new();
-        for action in decision.actions {
-            if let Err(e) = self.apply(action, &mut inserted).await {
-                // A refused ledger call means the run moved meanwhile: the
-                // next decision sees the new state.
-                tracing::debug!(error = %e, "action skipped");
-            }
-        }
+        // Group commit: one transaction for the decision's ledger writes,
+        // one for its `requesting` marks (then the requests): batch.rs.
+        let inserted = self.apply_all(decision.actions).await;
         if blocked && let Some(problem) = &health.problem {
             // the open runs, and those this decision inserted
             let mut all: Vec<Run> = runs.clone();
@@ -407,145 +389,13 @@ impl Controller {
         health.roles.clone()
     }
 
-    async fn apply(
-        &mut self,
-        action: Action,
-        inserted: &mut HashMap<RunKey, Run>,
-    ) -> anyhow::Result<()> {
-        let now = crate::clock::now();
-        match action {
-            Action::Insert { run } => {
-                let key = run.key.clone();
-                let ins = with_ledger(&self.rt.ledger, move |l| l.insert_run(&run, now)).await?;
-                if ins.created {
-                    tracing::debug!(run = %ins.run.id, spec = %ins.run.spec, due = %ins.run.due_at, "run scheduled");
-                }
-                inserted.insert(key, ins.run);
-            }
-            Action::Record {
-                run,
-                outcome,
-                reason,
-            } => {
-                let r2 = reason.clone();
-                let done = with_ledger(&self.rt.ledger, move |l| {
-                    let ins = l.insert_run(&run, now)?;
-                    if ins.created {
-                        l.finish(&ins.run.id, &Finish::new(outcome).reason(r2), now)
-                            .map(Some)
-                    } else {
-                        Ok(None)
-                    }
-                })
-                .await?;
-                if let Some(run) = done {
-                    if self.rt.once.is_some() && outcome == Outcome::Rejected {
-                        self.watched.insert(run.id.clone());
-                    }
-                    log_outcome(&run, outcome, &reason);
-                    self.rt.metrics.run_finished(outcome.as_str());
-                }
-            }
-            Action::Finish {
-                id,
-                outcome,
-                reason,
-                ..
-            } => {
-                let (run, reason) = with_ledger(&self.rt.ledger, move |l| {
-                    let reason = with_attempt_error(l, &id, outcome, reason)?;
-                    let run = l.finish(&id, &Finish::new(outcome).reason(reason.clone()), now)?;
-                    Ok((run, reason))
-                })
-                .await?;
-                // `--once` waits for (and reports) a due run refused before
-                // any request, e.g. for a missing permission, like one it sent.
-                if self.rt.once.is_some() && outcome == Outcome::Rejected {
-                    self.watched.insert(run.id.clone());
-                }
-                log_outcome(&run, outcome, &reason);
-                self.rt.metrics.run_finished(outcome.as_str());
-            }
-            Action::Retry {
-                id, due, reason, ..
-            } => {
-                let r2 = reason.clone();
-                let run = with_ledger(&self.rt.ledger, move |l| l.retry_later(&id, due, &r2, now))
-                    .await?;
-                tracing::info!(run = %run.id, spec = %run.spec, due = %due, reason = %reason, "retry scheduled");
-            }
-            Action::HangUp {
-                id,
-                call_id,
-                reason,
-                ..
-            } => {
-                self.calls
-                    .entry(id.clone())
-                    .or_default()
-                    .hangup_requested_at = Some(now);
-                let id2 = id.clone();
-                let _ =
-                    with_ledger(&self.rt.ledger, move |l| l.record_call_op(&id2, true, now)).await;
-                self.spawn_call_op(id, call_id, "hangUp", reason);
-            }
-            Action::KeepAlive { id, call_id, .. } => {
-                self.calls.entry(id.clone()).or_default().last_keep_alive = Some(now);
-                // durable first: a restart sends an overdue keepAlive once
-                let id2 = id.clone();
-                let _ =
-                    with_ledger(&self.rt.ledger, move |l| l.record_call_op(&id2, false, now)).await;
-                self.spawn_call_op(id, call_id, "keepAlive", String::new());
-            }
-            Action::Place { id, key } => {
-                let id = match id {
-                    Some(id) => id,
-                    // inserted by this decision: only a run still scheduled
-                    // is placed (an old revision's finished run is not)
-                    None => match inserted.get(&key) {
-                        Some(r) if r.state == ledger::RunState::Scheduled => r.id.clone(),
-                        Some(_) => return Ok(()),
-                        None => anyhow::bail!("place: no run for {key:?}"),
-                    },
-                };
-                self.place(id, key).await?;
-            }
-        }
-        Ok(())
-    }
-
     fn due_of(&self, id: &str) -> Option<Timestamp> {
         self.due.get(id).copied()
     }
 
-    /// Marks the run `requesting` (durable), then sends the create request
-    /// from a task of its own.
-    ///
-    /// At most `graph.maxConcurrentRequests` runs are `requesting` at once:
-    /// a run marked `requesting` that waited in the Graph client's queue
-    /// would become `unknown` in a crash (never re-sent) although Graph
-    /// never saw it. Beyond the limit the run stays `scheduled` (its
-    /// deadline still applies) until a request finishes.
-    async fn place(&mut self, id: String, key: RunKey) -> anyhow::Result<()> {
-        if self.in_flight.contains(&id) {
-            return Ok(());
-        }
-        if self.in_flight.len() >= self.rt.config.graph.max_concurrent_requests.max(1) {
-            self.deferred = true;
-            return Ok(());
-        }
-        let Some(spec) = self.specs.specs.get(&key.spec).cloned() else {
-            anyhow::bail!("place: spec {} is gone", key.spec);
-        };
-        let now = crate::clock::now();
-        let id2 = id.clone();
-        // The run row says `requesting` on disk before the request leaves.
-        // ...with the call's promise (its hangupAfter as placed).
-        let hangup_after = spec.hangup_after;
-        let attempt = with_ledger(&self.rt.ledger, move |l| {
-            l.mark_requesting_with(&id2, hangup_after, now)
-        })
-        .await?;
+    /// Sends the create request of a run whose `requesting` mark (attempt
+    /// `attempt`) is on disk, from a task of its own.
+    fn send_create(&mut self, id: String, spec: Spec, attempt: u32, now: Timestamp) {
         self.in_flight.insert(id.clone());
         // a new call: nothing sent for it yet (an earlier attempt's
         // keepAlive or hang-up times do not carry over)
@@ -592,7 +442,6 @@ impl Controller {
             }
             let _ = events.send(Event::Placed { run: id, outcome }).await;
         });
-        Ok(())
     }
 
     fn spawn_call_op(&mut self, id: String, call_id: String, op: &'static str, reason: String) {

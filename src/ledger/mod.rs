@@ -14,6 +14,12 @@
 //! Every write is one transaction that is durable when the method returns.
 //! No method reads a clock: every time is an argument.
 //!
+//! The controller's decision path needs two batched calls
+//! ([`Ledger::open_state`] to read, [`Ledger::write_batch`] to write; see
+//! the `batch` module): whatever the number of runs a decision touches, it
+//! costs one read snapshot and one commit. A server-backed store implements
+//! the same two in one round trip each.
+//!
 //! The transition rules (what may happen to a run in which state) are pure
 //! functions in [`rules`], shared by every implementation.
 //!
@@ -33,6 +39,7 @@
 //! opened for writing; a later notification for it reopens it
 //! ([`StateChange::Reopened`]).
 
+mod batch;
 pub mod rules;
 mod sqlite;
 
@@ -43,6 +50,7 @@ use std::str::FromStr;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+pub use batch::{BatchResult, OpenState, Write, Written};
 pub use sqlite::{
     CallPromise, CreateEnd, CreateRecorded, CreateStep, LEDGER_FILE, RenameRecord, SCHEMA_VERSION,
     SqliteLedger, WAITING_PREFIX, requeue_backoff,
@@ -751,6 +759,21 @@ pub trait Ledger: Send {
     /// latest notification state of its current call (the decision input of
     /// [`crate::reconcile`]).
     fn open_run_progress(&self) -> Result<std::collections::BTreeMap<String, RunProgress>>;
+
+    /// Applies `batch` in order in **one** transaction (one fsync; for a
+    /// server-backed store, one commit), each write exactly as its single
+    /// method would ([`Write`]). A write that fails (refused by the rules,
+    /// unknown run) is undone alone and its error is in its position of the
+    /// answer; the others are kept. The outer error means nothing of the
+    /// batch was written. Durable when it returns: the controller sends the
+    /// create requests of the `requesting` writes only after this returns.
+    fn write_batch(&mut self, batch: &[Write], now: Timestamp) -> BatchResult;
+
+    /// Everything a decision reads about the open runs, from one snapshot:
+    /// [`Ledger::open_runs`], [`Ledger::open_run_progress`] (with each
+    /// waiting run's earliest next try), [`Ledger::latest_runs`],
+    /// [`Ledger::last_slots`] and the promises of the calls in progress.
+    fn open_state(&self) -> Result<OpenState>;
 
     /// Deletes finished runs last updated before `cutoff`, with their attempts
     /// and states. The newest run of each spec, and its newest time-slot run,

@@ -16,6 +16,7 @@ mod identity;
 pub use identity::RenameRecord;
 
 use super::rules::{self, NotificationEffect, Placed, Refusal, RunView};
+mod batch;
 mod extras;
 
 pub use extras::{
@@ -1032,59 +1033,100 @@ fn find_by_call_id(conn: &Connection, call_id: &str) -> Result<Option<Run>> {
     .pop())
 }
 
+/// The body of [`Ledger::insert_run`], inside the caller's transaction.
+pub(super) fn insert_run_in(tx: &Connection, new: &NewRun, now: Timestamp) -> Result<Inserted> {
+    let slot = new.key.slot.normalized();
+    let slot_text = slot.key_text();
+    let scheduled = match &slot {
+        Slot::At(t) => *t,
+        Slot::Revision(_) | Slot::Trigger(_) => now,
+    };
+    // The (spec, slot) UNIQUE constraint decides; the id is retried on
+    // the (astronomically unlikely) collision of two random ids.
+    for _ in 0..4 {
+        let id = new_run_id();
+        let result = tx.execute(
+            "INSERT INTO runs (id, spec, slot, revision, scheduled_at, due_at, state, \
+             tenant_id, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'scheduled', ?7, ?8, ?8) \
+             ON CONFLICT (spec, slot) DO UPDATE SET state = 'scheduled', \
+               outcome = NULL, reason = NULL, revision = excluded.revision, \
+               due_at = excluded.due_at, tenant_id = excluded.tenant_id, \
+               updated_at = excluded.updated_at \
+             WHERE runs.state = 'finished' AND runs.outcome = 'canceled'",
+            params![
+                id,
+                new.key.spec,
+                slot_text,
+                new.revision,
+                us(scheduled),
+                us(new.due),
+                new.tenant_id,
+                us(now)
+            ],
+        );
+        let created = match result {
+            Ok(n) => n == 1,
+            Err(e) if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => {
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let run = tx
+            .prepare_cached(&format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE spec = ?1 AND slot = ?2"
+            ))?
+            .query_row(params![new.key.spec, slot_text], run_from_row)
+            .map_err(data)?
+            .1;
+        return Ok(Inserted { run, created });
+    }
+    Err(LedgerError::BadData {
+        detail: "could not draw an unused run id".into(),
+    })
+}
+
+/// The body of [`Ledger::retry_later`], inside the caller's transaction.
+pub(super) fn retry_later_in(
+    tx: &Connection,
+    id: &str,
+    due: Timestamp,
+    reason: &str,
+    now: Timestamp,
+) -> Result<Run> {
+    let (seq, run) = load_required(tx, id)?;
+    rules::check_retry(view(&run)).map_err(|r| refused(&run, r))?;
+    tx.execute(
+        "UPDATE runs SET state = 'scheduled', due_at = ?2, reason = ?3, call_id = NULL, \
+             established_at = NULL, result_code = NULL, result_subcode = NULL, \
+             result_message = NULL, updated_at = ?4 WHERE seq = ?1",
+        params![seq, us(due), reason, us(now)],
+    )?;
+    reload(tx, id)
+}
+
+/// The body of [`Ledger::finish`], inside the caller's transaction.
+pub(super) fn finish_in(tx: &Connection, id: &str, finish: &Finish, now: Timestamp) -> Result<Run> {
+    let (seq, run) = load_required(tx, id)?;
+    rules::check_finish(view(&run), finish.outcome).map_err(|r| refused(&run, r))?;
+    tx.execute(
+        "UPDATE runs SET state = 'finished', outcome = ?2, reason = ?3, updated_at = ?4 \
+             WHERE seq = ?1",
+        params![seq, finish.outcome.as_str(), finish.reason, us(now)],
+    )?;
+    if let Some(info) = &finish.result_info {
+        tx.execute(
+            "UPDATE runs SET result_code = ?2, result_subcode = ?3, result_message = ?4 \
+                 WHERE seq = ?1",
+            params![seq, info.code, info.subcode, info.message],
+        )?;
+    }
+    reload(tx, id)
+}
+
 impl Ledger for SqliteLedger {
     fn insert_run(&mut self, new: &NewRun, now: Timestamp) -> Result<Inserted> {
-        let slot = new.key.slot.normalized();
-        let slot_text = slot.key_text();
-        let scheduled = match &slot {
-            Slot::At(t) => *t,
-            Slot::Revision(_) | Slot::Trigger(_) => now,
-        };
-        self.write(|tx| {
-            // The (spec, slot) UNIQUE constraint decides; the id is retried on
-            // the (astronomically unlikely) collision of two random ids.
-            for _ in 0..4 {
-                let id = new_run_id();
-                let result = tx.execute(
-                    "INSERT INTO runs (id, spec, slot, revision, scheduled_at, due_at, state, \
-                     tenant_id, created_at, updated_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'scheduled', ?7, ?8, ?8) \
-                     ON CONFLICT (spec, slot) DO UPDATE SET state = 'scheduled', \
-                       outcome = NULL, reason = NULL, revision = excluded.revision, \
-                       due_at = excluded.due_at, tenant_id = excluded.tenant_id, \
-                       updated_at = excluded.updated_at \
-                     WHERE runs.state = 'finished' AND runs.outcome = 'canceled'",
-                    params![
-                        id,
-                        new.key.spec,
-                        slot_text,
-                        new.revision,
-                        us(scheduled),
-                        us(new.due),
-                        new.tenant_id,
-                        us(now)
-                    ],
-                );
-                let created = match result {
-                    Ok(n) => n == 1,
-                    Err(e) if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => {
-                        continue;
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-                let run = tx
-                    .prepare_cached(&format!(
-                        "SELECT {RUN_COLUMNS} FROM runs WHERE spec = ?1 AND slot = ?2"
-                    ))?
-                    .query_row(params![new.key.spec, slot_text], run_from_row)
-                    .map_err(data)?
-                    .1;
-                return Ok(Inserted { run, created });
-            }
-            Err(LedgerError::BadData {
-                detail: "could not draw an unused run id".into(),
-            })
-        })
+        self.write(|tx| insert_run_in(tx, new, now))
     }
 
     fn run(&self, id: &str) -> Result<Option<Run>> {
@@ -1207,37 +1249,11 @@ impl Ledger for SqliteLedger {
         reason: &str,
         now: Timestamp,
     ) -> Result<Run> {
-        self.write(|tx| {
-            let (seq, run) = load_required(tx, id)?;
-            rules::check_retry(view(&run)).map_err(|r| refused(&run, r))?;
-            tx.execute(
-                "UPDATE runs SET state = 'scheduled', due_at = ?2, reason = ?3, call_id = NULL, \
-                 established_at = NULL, result_code = NULL, result_subcode = NULL, \
-                 result_message = NULL, updated_at = ?4 WHERE seq = ?1",
-                params![seq, us(due), reason, us(now)],
-            )?;
-            reload(tx, id)
-        })
+        self.write(|tx| retry_later_in(tx, id, due, reason, now))
     }
 
     fn finish(&mut self, id: &str, finish: &Finish, now: Timestamp) -> Result<Run> {
-        self.write(|tx| {
-            let (seq, run) = load_required(tx, id)?;
-            rules::check_finish(view(&run), finish.outcome).map_err(|r| refused(&run, r))?;
-            tx.execute(
-                "UPDATE runs SET state = 'finished', outcome = ?2, reason = ?3, updated_at = ?4 \
-                 WHERE seq = ?1",
-                params![seq, finish.outcome.as_str(), finish.reason, us(now)],
-            )?;
-            if let Some(info) = &finish.result_info {
-                tx.execute(
-                    "UPDATE runs SET result_code = ?2, result_subcode = ?3, result_message = ?4 \
-                     WHERE seq = ?1",
-                    params![seq, info.code, info.subcode, info.message],
-                )?;
-            }
-            reload(tx, id)
-        })
+        self.write(|tx| finish_in(tx, id, finish, now))
     }
 
     fn cancel_scheduled(
@@ -1376,6 +1392,18 @@ impl Ledger for SqliteLedger {
             ))
         })?;
         rows.map(|r| r.map_err(data)).collect()
+    }
+
+    fn write_batch(
+        &mut self,
+        batch: &[crate::ledger::Write],
+        now: Timestamp,
+    ) -> crate::ledger::BatchResult {
+        self.write_batch_impl(batch, now)
+    }
+
+    fn open_state(&self) -> Result<crate::ledger::OpenState> {
+        self.open_state_impl()
     }
 
     fn prune(&mut self, cutoff: Timestamp) -> Result<usize> {

@@ -102,20 +102,7 @@ impl SqliteLedger {
         hangup_after: Option<Duration>,
         now: Timestamp,
     ) -> Result<u32> {
-        self.write(|tx| {
-            let number = mark_requesting_in(tx, id, None, now)?;
-            let (seq, _) = load_required(tx, id)?;
-            ensure_extras(tx, seq)?;
-            tx.execute(
-                "UPDATE run_extras SET hangup_after_ms = ?2, last_keep_alive = NULL, \
-                 hangup_requested_at = NULL WHERE run_seq = ?1",
-                params![
-                    seq,
-                    hangup_after.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-                ],
-            )?;
-            Ok(number)
-        })
+        self.write(|tx| mark_requesting_with_in(tx, id, hangup_after, now))
     }
 
     /// Records a create request in **one** transaction: every attempt (the
@@ -301,29 +288,60 @@ impl SqliteLedger {
     /// A keepAlive (`hang_up: false`) or hang-up was sent for the run's call
     /// at `at`.
     pub fn record_call_op(&mut self, id: &str, hang_up: bool, at: Timestamp) -> Result<()> {
-        self.write(|tx| {
-            let (seq, run) = load_required(tx, id)?;
-            if run.state == RunState::Finished {
-                return Err(LedgerError::Refused {
-                    id: id.to_string(),
-                    action: "record a call operation of",
-                    status: format!(
-                        "finished ({})",
-                        run.outcome.map(|o| o.as_str()).unwrap_or("")
-                    ),
-                    why: "the run is finished",
-                });
-            }
-            ensure_extras(tx, seq)?;
-            let sql = if hang_up {
-                "UPDATE run_extras SET hangup_requested_at = ?2 WHERE run_seq = ?1"
-            } else {
-                "UPDATE run_extras SET last_keep_alive = ?2 WHERE run_seq = ?1"
-            };
-            tx.execute(sql, params![seq, us(at)])?;
-            Ok(())
-        })
+        self.write(|tx| record_call_op_in(tx, id, hang_up, at))
     }
+}
+
+/// The body of [`SqliteLedger::mark_requesting_with`], inside the caller's
+/// transaction.
+pub(super) fn mark_requesting_with_in(
+    tx: &Connection,
+    id: &str,
+    hangup_after: Option<Duration>,
+    now: Timestamp,
+) -> Result<u32> {
+    let number = mark_requesting_in(tx, id, None, now)?;
+    let (seq, _) = load_required(tx, id)?;
+    ensure_extras(tx, seq)?;
+    tx.execute(
+        "UPDATE run_extras SET hangup_after_ms = ?2, last_keep_alive = NULL, \
+         hangup_requested_at = NULL WHERE run_seq = ?1",
+        params![
+            seq,
+            hangup_after.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        ],
+    )?;
+    Ok(number)
+}
+
+/// The body of [`SqliteLedger::record_call_op`], inside the caller's
+/// transaction.
+pub(super) fn record_call_op_in(
+    tx: &Connection,
+    id: &str,
+    hang_up: bool,
+    at: Timestamp,
+) -> Result<()> {
+    let (seq, run) = load_required(tx, id)?;
+    if run.state == RunState::Finished {
+        return Err(LedgerError::Refused {
+            id: id.to_string(),
+            action: "record a call operation of",
+            status: format!(
+                "finished ({})",
+                run.outcome.map(|o| o.as_str()).unwrap_or("")
+            ),
+            why: "the run is finished",
+        });
+    }
+    ensure_extras(tx, seq)?;
+    let sql = if hang_up {
+        "UPDATE run_extras SET hangup_requested_at = ?2 WHERE run_seq = ?1"
+    } else {
+        "UPDATE run_extras SET last_keep_alive = ?2 WHERE run_seq = ?1"
+    };
+    tx.execute(sql, params![seq, us(at)])?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,266 @@
+//! Group commit (issue 12, item 3): the actions of one decision are applied
+//! in as few ledger transactions as their order allows.
+//!
+//! The ledger writes of a decision (inserts, finishes, retries, the record
+//! of a keepAlive or hang-up about to leave) go in ONE batch
+//! ([`crate::ledger::Ledger::write_batch`]: one transaction, one fsync).
+//! The due runs of a decision are marked `requesting` in ONE batch, and
+//! their create requests leave only once that batch is committed: no
+//! request leaves before its `requesting` row is on disk. A write the
+//! ledger refuses (the run moved meanwhile) skips that action only; the
+//! next decision sees the new state.
+
+use std::collections::HashMap;
+
+use crate::ledger::{self, Finish, Ledger, Run, RunKey, Write, Written};
+use crate::reconcile::Action;
+use crate::spec::Spec;
+
+use super::{Controller, log_outcome, with_attempt_error, with_ledger};
+
+impl Controller {
+    /// Applies a decision's actions in their order: each run of
+    /// consecutive ledger actions is one batch, each run of consecutive
+    /// placements is one batch of `requesting` marks followed by their
+    /// requests. Returns the runs this decision inserted, by key.
+    pub(super) async fn apply_all(&mut self, actions: Vec<Action>) -> HashMap<RunKey, Run> {
+        let mut inserted = HashMap::new();
+        let mut writes: Vec<Action> = Vec::new();
+        let mut places: Vec<(Option<String>, RunKey)> = Vec::new();
+        for action in actions {
+            match action {
+                Action::Place { id, key } => {
+                    if !writes.is_empty() {
+                        self.flush_writes(std::mem::take(&mut writes), &mut inserted)
+                            .await;
+                    }
+                    places.push((id, key));
+                }
+                other => {
+                    if !places.is_empty() {
+                        self.flush_places(std::mem::take(&mut places), &inserted)
+                            .await;
+                    }
+                    writes.push(other);
+                }
+            }
+        }
+        if !writes.is_empty() {
+            self.flush_writes(writes, &mut inserted).await;
+        }
+        if !places.is_empty() {
+            self.flush_places(places, &inserted).await;
+        }
+        inserted
+    }
+
+    /// The ledger actions of a decision, in one transaction.
+    async fn flush_writes(&mut self, actions: Vec<Action>, inserted: &mut HashMap<RunKey, Run>) {
+        let now = crate::clock::now();
+        let acts = actions.clone();
+        let res = with_ledger(&self.rt.ledger, move |l| {
+            let writes: Vec<Write> = acts.iter().map(|a| to_write(l, a)).collect();
+            let results = l.write_batch(&writes, now)?;
+            Ok((writes, results))
+        })
+        .await;
+        let (writes, results) = match res {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, count = actions.len(), "cannot record the decision's ledger writes; the next decision tries again");
+                // keepAlives and hang-ups still leave, as when their record failed
+                for action in actions {
+                    self.send_call_op(action, now);
+                }
+                return;
+            }
+        };
+        for ((action, write), result) in actions.into_iter().zip(writes).zip(results) {
+            match (&action, result) {
+                (Action::HangUp { .. } | Action::KeepAlive { .. }, r) => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "call operation not recorded");
+                    }
+                    self.send_call_op(action, now);
+                }
+                (_, Err(e)) => {
+                    // A refused ledger call means the run moved meanwhile:
+                    // the next decision sees the new state.
+                    tracing::debug!(error = %e, "action skipped");
+                }
+                (Action::Insert { run }, Ok(Written::Inserted(ins))) => {
+                    if ins.created {
+                        tracing::debug!(run = %ins.run.id, spec = %ins.run.spec, due = %ins.run.due_at, "run scheduled");
+                    }
+                    inserted.insert(run.key.clone(), ins.run);
+                }
+                (Action::Record { .. }, Ok(Written::Recorded(None))) => {}
+                (
+                    Action::Record { .. } | Action::Finish { .. },
+                    Ok(Written::Recorded(Some(run)) | Written::Finished(run)),
+                ) => {
+                    let (Write::Record { finish, .. } | Write::Finish { finish, .. }) = &write
+                    else {
+                        unreachable!("a finish write")
+                    };
+                    // `--once` waits for (and reports) a due run refused before
+                    // any request, e.g. for a missing permission, like one it sent.
+                    if self.rt.once.is_some() && finish.outcome == ledger::Outcome::Rejected {
+                        self.watched.insert(run.id.clone());
+                    }
+                    let reason = finish.reason.clone().unwrap_or_default();
+                    log_outcome(&run, finish.outcome, &reason);
+                    self.rt.metrics.run_finished(finish.outcome.as_str());
+                }
+                (Action::Retry { due, reason, .. }, Ok(Written::Retried(run))) => {
+                    tracing::info!(run = %run.id, spec = %run.spec, due = %due, reason = %reason, "retry scheduled");
+                }
+                (_, Ok(other)) => {
+                    tracing::error!(answer = ?other, "unexpected answer to a ledger write")
+                }
+            }
+        }
+    }
+
+    /// The placements of a decision: every run marked `requesting` in one
+    /// transaction, then (committed) every create request sent.
+    ///
+    /// At most `graph.maxConcurrentRequests` runs are `requesting` at once:
+    /// a run marked `requesting` that waited in the Graph client's queue
+    /// would become `unknown` in a crash (never re-sent) although Graph
+    /// never saw it. Beyond the limit the run stays `scheduled` (its
+    /// deadline still applies) until a request finishes.
+    async fn flush_places(
+        &mut self,
+        places: Vec<(Option<String>, RunKey)>,
+        inserted: &HashMap<RunKey, Run>,
+    ) {
+        let cap = self.rt.config.graph.max_concurrent_requests.max(1);
+        let mut chosen: Vec<(String, Spec)> = Vec::new();
+        for (id, key) in places {
+            let id = match id {
+                Some(id) => id,
+                // inserted by this decision: only a run still scheduled
+                // is placed (an old revision's finished run is not)
+                None => match inserted.get(&key) {
+                    Some(r) if r.state == ledger::RunState::Scheduled => r.id.clone(),
+                    Some(_) => continue,
+                    None => {
+                        tracing::debug!(key = ?key, "action skipped: place: no run for this key");
+                        continue;
+                    }
+                },
+            };
+            if self.in_flight.contains(&id) || chosen.iter().any(|(c, _)| *c == id) {
+                continue;
+            }
+            if self.in_flight.len() + chosen.len() >= cap {
+                self.deferred = true;
+                continue;
+            }
+            let Some(spec) = self.specs.specs.get(&key.spec).cloned() else {
+                tracing::debug!(spec = %key.spec, "action skipped: place: the spec is gone");
+                continue;
+            };
+            chosen.push((id, spec));
+        }
+        if chosen.is_empty() {
+            return;
+        }
+        let now = crate::clock::now();
+        // The run rows say `requesting` on disk before any request leaves,
+        // each with its call's promise (its hangupAfter as placed).
+        let writes: Vec<Write> = chosen
+            .iter()
+            .map(|(id, spec)| Write::Requesting {
+                id: id.clone(),
+                hangup_after: spec.hangup_after,
+            })
+            .collect();
+        let res = with_ledger(&self.rt.ledger, move |l| l.write_batch(&writes, now)).await;
+        let results = match res {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, count = chosen.len(), "cannot mark due runs requesting; nothing was sent");
+                return;
+            }
+        };
+        for ((id, spec), result) in chosen.into_iter().zip(results) {
+            match result {
+                Ok(Written::Requesting(attempt)) => self.send_create(id, spec, attempt, now),
+                Ok(other) => {
+                    tracing::error!(answer = ?other, "unexpected answer to a ledger write")
+                }
+                Err(e) => tracing::debug!(error = %e, "action skipped"),
+            }
+        }
+    }
+
+    /// Sends the keepAlive or hang-up of an action (its record is written).
+    fn send_call_op(&mut self, action: Action, now: jiff::Timestamp) {
+        match action {
+            Action::HangUp {
+                id,
+                call_id,
+                reason,
+                ..
+            } => {
+                self.calls
+                    .entry(id.clone())
+                    .or_default()
+                    .hangup_requested_at = Some(now);
+                self.spawn_call_op(id, call_id, "hangUp", reason);
+            }
+            Action::KeepAlive { id, call_id, .. } => {
+                self.calls.entry(id.clone()).or_default().last_keep_alive = Some(now);
+                self.spawn_call_op(id, call_id, "keepAlive", String::new());
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The ledger write of an action (not a placement). A finish's reason gets
+/// the last attempt's error ([`with_attempt_error`]).
+fn to_write(l: &crate::ledger::SqliteLedger, action: &Action) -> Write {
+    match action {
+        Action::Insert { run } => Write::Insert(run.clone()),
+        Action::Record {
+            run,
+            outcome,
+            reason,
+        } => Write::Record {
+            run: run.clone(),
+            finish: Finish::new(*outcome).reason(reason.clone()),
+        },
+        Action::Finish {
+            id,
+            outcome,
+            reason,
+            ..
+        } => {
+            let reason = with_attempt_error(l, id, *outcome, reason.clone())
+                .unwrap_or_else(|_| reason.clone());
+            Write::Finish {
+                id: id.clone(),
+                finish: Finish::new(*outcome).reason(reason),
+            }
+        }
+        Action::Retry {
+            id, due, reason, ..
+        } => Write::Retry {
+            id: id.clone(),
+            due: *due,
+            reason: reason.clone(),
+        },
+        Action::HangUp { id, .. } => Write::CallOp {
+            id: id.clone(),
+            hang_up: true,
+        },
+        Action::KeepAlive { id, .. } => Write::CallOp {
+            id: id.clone(),
+            hang_up: false,
+        },
+        Action::Place { .. } => unreachable!("placements are batched apart"),
+    }
+}
