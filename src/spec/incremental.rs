@@ -26,11 +26,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::Timestamp;
 
-use super::diag::{Diagnostic, Severity};
+use super::diag::Diagnostic;
 use super::load::{FileLoad, Input, SpecSet, load_input};
 use super::model::Spec;
 use super::validate::Context;
-use super::yaml::Pos;
 
 /// Below this many files a load stays on the calling thread (spawning
 /// threads costs more than it saves).
@@ -451,20 +450,7 @@ impl IncrementalSet {
                 .chain(&invalid_places)
                 .map(String::as_str)
                 .collect();
-            let mut d = Diagnostic::new(
-                &s.file,
-                Pos {
-                    line: s.line,
-                    column: 1,
-                },
-                Severity::Error,
-                "name",
-                format!(
-                    "duplicate name `{name}` (also at {}): names are unique across the calls directory; neither runs until one is renamed",
-                    others.join(", ")
-                ),
-            );
-            d.spec = Some(name.to_string());
+            let d = super::load::duplicate_name(&s.file, s.line, name, &others);
             diags.push(d);
         }
         let dup: BTreeMap<String, usize> = claims

@@ -172,6 +172,24 @@ pub fn load_file(label: &str, rel: &str, bytes: &[u8], ctx: &Context) -> FileLoa
 /// encoding, YAML syntax, no document): it still names the spec its path
 /// gives, whose runs are held, not canceled (the daemon also holds every
 /// spec the file held before, under their names).
+/// The error both specs of a duplicate name get; `others` are the other
+/// places that claim it (`file:line`, or a file with errors).
+pub(crate) fn duplicate_name(file: &str, line: u64, name: &str, others: &[&str]) -> Diagnostic {
+    let mut d = Diagnostic::new(
+        file,
+        Pos { line, column: 1 },
+        Severity::Error,
+        "name",
+        format!(
+            "duplicate name `{name}` (also at {}): names are unique across the calls directory; \
+             neither runs until one is renamed",
+            others.join(", ")
+        ),
+    );
+    d.spec = Some(name.to_string());
+    d
+}
+
 fn held_whole(mut out: FileLoad, ck: Checker, rel: &str) -> FileLoad {
     out.diagnostics = ck.diags;
     if let Some(n) = held_default_name(rel) {
@@ -325,24 +343,8 @@ impl SetBuilder {
                     .filter(|p| **p != format!("{}:{}", s.file, s.line))
                     .chain(&invalid_places)
                     .collect();
-                let mut d = Diagnostic::new(
-                    &s.file,
-                    Pos {
-                        line: s.line,
-                        column: 1,
-                    },
-                    Severity::Error,
-                    "name",
-                    format!(
-                        "duplicate name `{name}` (also at {}): names are unique across the calls directory; neither runs until one is renamed",
-                        others
-                            .iter()
-                            .map(|s| s.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                );
-                d.spec = Some(name.clone());
+                let others: Vec<&str> = others.iter().map(|s| s.as_str()).collect();
+                let d = duplicate_name(&s.file, s.line, &name, &others);
                 set.diagnostics.push(d);
                 set.invalid_files.insert(s.file.clone());
             }
