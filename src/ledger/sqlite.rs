@@ -682,6 +682,32 @@ fn record_state_in(
 /// the set of states a call reached, not their order: an `established`
 /// arriving after `terminated` still makes the call answered, reopening a
 /// run finished `notEstablished` or taking back a pending retry.
+/// Appends the notification to the run's call states (the next `seq`).
+fn insert_call_state(
+    tx: &Connection,
+    seq: i64,
+    update: &CallStateUpdate,
+    now: Timestamp,
+) -> Result<()> {
+    let info = update.result_info.as_ref();
+    tx.execute(
+        "INSERT INTO call_states (run_seq, seq, at, state, call_id, result_code, \
+             result_subcode, result_message) \
+             VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM call_states WHERE run_seq = ?1), \
+             ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            seq,
+            us(now),
+            update.state.as_str(),
+            update.call_id,
+            info.and_then(|i| i.code),
+            info.and_then(|i| i.subcode),
+            info.and_then(|i| i.message.as_deref())
+        ],
+    )?;
+    Ok(())
+}
+
 fn record_state_for(
     tx: &Connection,
     id: &str,
@@ -731,21 +757,7 @@ fn record_state_for(
     };
     let earlier = matches!((about, &latest), (Some(a), Some((n, _))) if a < *n);
     if earlier {
-        tx.execute(
-            "INSERT INTO call_states (run_seq, seq, at, state, call_id, result_code, \
-                 result_subcode, result_message) \
-                 VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM call_states WHERE run_seq = ?1), \
-                 ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                seq,
-                us(now),
-                update.state.as_str(),
-                update.call_id,
-                info.and_then(|i| i.code),
-                info.and_then(|i| i.subcode),
-                info.and_then(|i| i.message.as_deref())
-            ],
-        )?;
+        insert_call_state(tx, seq, update, now)?;
         if let (Some(a), Some(c)) = (about, &update.call_id) {
             tx.execute(
                 "UPDATE attempts SET call_id = COALESCE(call_id, ?3) WHERE run_seq = ?1 AND number = ?2",
@@ -780,21 +792,7 @@ fn record_state_for(
             } else {
                 RunState::Established
             };
-            tx.execute(
-                "INSERT INTO call_states (run_seq, seq, at, state, call_id, result_code, \
-                     result_subcode, result_message) \
-                     VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM call_states WHERE run_seq = ?1), \
-                     ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    seq,
-                    us(now),
-                    update.state.as_str(),
-                    update.call_id,
-                    info.and_then(|i| i.code),
-                    info.and_then(|i| i.subcode),
-                    info.and_then(|i| i.message.as_deref())
-                ],
-            )?;
+            insert_call_state(tx, seq, update, now)?;
             tx.execute(
                 "UPDATE runs SET state = ?2, outcome = NULL, reason = NULL, call_id = ?3, \
                  established_at = ?4, updated_at = ?4 WHERE seq = ?1",
@@ -806,21 +804,7 @@ fn record_state_for(
             });
         }
     }
-    tx.execute(
-        "INSERT INTO call_states (run_seq, seq, at, state, call_id, result_code, \
-             result_subcode, result_message) \
-             VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM call_states WHERE run_seq = ?1), \
-             ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![
-            seq,
-            us(now),
-            update.state.as_str(),
-            update.call_id,
-            info.and_then(|i| i.code),
-            info.and_then(|i| i.subcode),
-            info.and_then(|i| i.message.as_deref())
-        ],
-    )?;
+    insert_call_state(tx, seq, update, now)?;
     let effect = rules::on_notification(view(&run), &update.state, update.call_id.as_deref());
     // Whether this notification is about the run's current call
     // (and so may update its fields).
