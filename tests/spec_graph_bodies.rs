@@ -9,10 +9,12 @@
 //!   that Graph's v1.0 schema extract (`tests/fixtures/graph/call-schema-v1.0.json`)
 //!   has at that position, starting at `microsoft.graph.call`.
 
-use std::collections::BTreeSet;
+mod json_support;
+
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
+use json_support::json_diff;
 use serde_json::{Map, Value as Json, json};
 
 use calld::config::Defaults;
@@ -43,32 +45,6 @@ fn empty_config(dir: &Path) -> PathBuf {
     p
 }
 
-/// Every difference between two JSON values, as `path: left vs right`
-/// (object key order ignored, array order kept).
-fn json_diff(path: &str, a: &Json, b: &Json, out: &mut Vec<String>) {
-    match (a, b) {
-        (Json::Object(x), Json::Object(y)) => {
-            let keys: BTreeSet<&String> = x.keys().chain(y.keys()).collect();
-            for k in keys {
-                let p = format!("{path}.{k}");
-                match (x.get(k), y.get(k)) {
-                    (Some(l), Some(r)) => json_diff(&p, l, r, out),
-                    (Some(l), None) => out.push(format!("{p}: rendered {l}, seed has none")),
-                    (None, Some(r)) => out.push(format!("{p}: rendered none, seed has {r}")),
-                    (None, None) => unreachable!(),
-                }
-            }
-        }
-        (Json::Array(x), Json::Array(y)) if x.len() == y.len() => {
-            for (i, (l, r)) in x.iter().zip(y).enumerate() {
-                json_diff(&format!("{path}[{i}]"), l, r, out);
-            }
-        }
-        _ if a == b => {}
-        _ => out.push(format!("{path}: rendered {a}, seed has {b}")),
-    }
-}
-
 #[test]
 fn json_diff_sees_every_kind_of_difference() {
     let mut d = Vec::new();
@@ -76,6 +52,7 @@ fn json_diff_sees_every_kind_of_difference() {
         "",
         &json!({"a": 1, "b": [1, 2], "c": {"x": null}, "e": 1}),
         &json!({"e": 1, "a": 2, "b": [2, 1], "c": {}, "d": true}),
+        "seed",
         &mut d,
     );
     assert_eq!(d.len(), 5, "{d:#?}");
@@ -84,6 +61,7 @@ fn json_diff_sees_every_kind_of_difference() {
         "",
         &json!({"a": 1, "b": 2}),
         &json!({"b": 2, "a": 1}),
+        "seed",
         &mut d,
     );
     assert!(d.is_empty());
@@ -147,7 +125,7 @@ fn render_beta_equals_each_seed_body() {
             id.insert("application".into(), instance);
         }
         let mut diff = Vec::new();
-        json_diff("body", &body, &seed, &mut diff);
+        json_diff("body", &body, &seed, "seed", &mut diff);
         assert!(
             diff.is_empty(),
             "{stem}: rendered body differs from the seed:\n{}",

@@ -12,10 +12,12 @@
 //!   no errors; the only warnings are the beta-only properties the
 //!   published v1.0 examples send, listed here per example.
 
-use std::collections::BTreeSet;
+mod json_support;
+
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
+use json_support::json_diff;
 use serde_json::{Value as Json, json};
 
 use calld::spec::Severity;
@@ -91,31 +93,6 @@ fn strip(v: &Json, path: &mut Vec<String>, stripped: &mut Vec<String>) -> Json {
     }
 }
 
-/// Every difference, key order ignored, array order kept.
-fn json_diff(path: &str, a: &Json, b: &Json, out: &mut Vec<String>) {
-    match (a, b) {
-        (Json::Object(x), Json::Object(y)) => {
-            let keys: BTreeSet<&String> = x.keys().chain(y.keys()).collect();
-            for k in keys {
-                let p = format!("{path}.{k}");
-                match (x.get(k), y.get(k)) {
-                    (Some(l), Some(r)) => json_diff(&p, l, r, out),
-                    (Some(l), None) => out.push(format!("{p}: rendered {l}, published has none")),
-                    (None, Some(r)) => out.push(format!("{p}: rendered none, published has {r}")),
-                    (None, None) => unreachable!(),
-                }
-            }
-        }
-        (Json::Array(x), Json::Array(y)) if x.len() == y.len() => {
-            for (i, (l, r)) in x.iter().zip(y).enumerate() {
-                json_diff(&format!("{path}[{i}]"), l, r, out);
-            }
-        }
-        _ if a == b => {}
-        _ => out.push(format!("{path}: rendered {a}, published has {b}")),
-    }
-}
-
 /// The warnings the v1.0 walk gives, per example: beta-only properties
 /// that Microsoft's v1.0 page sends anyway.
 fn expected_warnings(stem: &str) -> Vec<&'static str> {
@@ -178,7 +155,7 @@ fn golden(dir: &str, api: &str, fixtures: &str, count: usize) {
             "{stem}: the published body names #microsoft.graph.call at its root"
         );
         let mut diff = Vec::new();
-        json_diff("body", body, &expected, &mut diff);
+        json_diff("body", body, &expected, "published", &mut diff);
         assert!(
             diff.is_empty(),
             "{stem}: rendered body differs from the published one:\n{}",
