@@ -40,6 +40,7 @@
 //! ([`StateChange::Reopened`]).
 
 mod batch;
+pub mod postgres;
 pub mod rules;
 mod sqlite;
 
@@ -50,6 +51,7 @@ use std::str::FromStr;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+pub use self::postgres::{Claim, PgLedger, PgListener, PgOptions, SpecView};
 pub use batch::{BatchResult, OpenState, Write, Written};
 pub use sqlite::{
     CallPromise, CreateEnd, CreateRecorded, CreateStep, LEDGER_FILE, RenameRecord, SCHEMA_VERSION,
@@ -617,6 +619,10 @@ pub enum LedgerError {
     },
     #[error("ledger database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The PostgreSQL ledger (a connection, a statement, the schema). The
+    /// text never holds the password.
+    #[error("PostgreSQL ledger: {0}")]
+    Postgres(String),
 }
 
 pub type Result<T, E = LedgerError> = std::result::Result<T, E>;
