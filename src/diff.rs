@@ -368,7 +368,7 @@ pub fn run(
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok())
                 .unwrap_or(Json::Null);
-            match crate::status::local_status_doc(&ledger, &dir, now) {
+            match crate::status::local_status_doc(ledger.as_ref(), &dir, now) {
                 Ok(s) => (report, s),
                 Err(e) => {
                     eprintln!("calld diff: {e}");

@@ -26,7 +26,7 @@ use crate::spec::Spec;
 /// Where `status` and `history` read from.
 pub enum Source {
     /// The ledger file (and `specs.json` beside it).
-    Local(SqliteLedger, PathBuf),
+    Local(Box<dyn Ledger>, PathBuf),
     /// A running daemon's admin endpoint (base URL, no trailing slash).
     Remote(String),
 }
@@ -93,7 +93,7 @@ pub fn open_source(
 
 fn open_local(dir: &Path) -> Result<Source, u8> {
     match SqliteLedger::open_read_only(&dir.join(LEDGER_FILE)) {
-        Ok(l) => Ok(Source::Local(l, dir.to_path_buf())),
+        Ok(l) => Ok(Source::Local(Box::new(l), dir.to_path_buf())),
         Err(e) => {
             eprintln!("calld: {e}");
             Err(2)
@@ -195,7 +195,7 @@ pub struct StatusInput {
 impl StatusInput {
     /// Reads everything from the ledger (`report` from `specs.json` beside
     /// it, or as given).
-    pub fn from_ledger(ledger: &SqliteLedger, report: Json) -> crate::ledger::Result<StatusInput> {
+    pub fn from_ledger(ledger: &dyn Ledger, report: Json) -> crate::ledger::Result<StatusInput> {
         Ok(StatusInput {
             report,
             latest: ledger.latest_runs()?,
@@ -639,7 +639,7 @@ pub fn status_text(doc: &Json, width: Option<usize>) -> String {
 
 /// The local status document: ledger + `specs.json`.
 pub fn local_status_doc(
-    ledger: &SqliteLedger,
+    ledger: &dyn Ledger,
     state_dir: &Path,
     now: Timestamp,
 ) -> crate::ledger::Result<Json> {
@@ -660,13 +660,15 @@ pub fn status(
 ) -> u8 {
     let doc = match open_source(config, state_dir, admin) {
         Err(code) => return code,
-        Ok(Source::Local(ledger, dir)) => match local_status_doc(&ledger, &dir, Timestamp::now()) {
-            Ok(d) => d,
-            Err(e) => {
-                eprintln!("calld status: {e}");
-                return 2;
+        Ok(Source::Local(ledger, dir)) => {
+            match local_status_doc(ledger.as_ref(), &dir, Timestamp::now()) {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("calld status: {e}");
+                    return 2;
+                }
             }
-        },
+        }
         Ok(Source::Remote(base)) => match fetch_json(&format!("{base}/v1/status")) {
             Ok((_, d)) => d,
             Err(e) => {
@@ -963,7 +965,7 @@ pub fn spec_series(
 /// Refreshes the per-spec metrics from the ledger and the spec report.
 pub fn refresh_spec_metrics(
     metrics: &crate::metrics::Metrics,
-    ledger: &SqliteLedger,
+    ledger: &dyn Ledger,
     report: &Json,
     now: Timestamp,
 ) -> crate::ledger::Result<()> {

@@ -18,7 +18,7 @@ use std::path::Path;
 use jiff::Timestamp;
 use serde_json::{Value as Json, json};
 
-use crate::ledger::{Ledger, NewRun, Outcome, RunKey, RunState, Slot, SqliteLedger};
+use crate::ledger::{Ledger, NewRun, Outcome, RunKey, RunState, Slot};
 
 /// Why a request was refused: (HTTP status, message).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,7 +75,7 @@ fn placeable<'r>(report: &'r Json, name: &str) -> Result<&'r Json, Refusal> {
 }
 
 fn insert(
-    ledger: &mut SqliteLedger,
+    ledger: &mut dyn Ledger,
     entry: &Json,
     name: &str,
     request_id: &str,
@@ -103,7 +103,7 @@ fn insert(
 
 /// `POST /v1/trigger {"spec", "requestId"}`: one run of `name`, now.
 pub fn trigger(
-    ledger: &mut SqliteLedger,
+    ledger: &mut dyn Ledger,
     report: &Json,
     name: &str,
     request_id: &str,
@@ -123,7 +123,7 @@ pub fn trigger(
 /// its outcome was `failed`, `missed` or `notEstablished` (`unknown` only
 /// with `force`: it may already have rung).
 pub fn retry(
-    ledger: &mut SqliteLedger,
+    ledger: &mut dyn Ledger,
     report: &Json,
     run_id: &str,
     force: bool,
@@ -327,7 +327,7 @@ pub fn retry_cmd(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::Finish;
+    use crate::ledger::{Finish, SqliteLedger};
 
     fn report() -> Json {
         json!({

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 
-use crate::ledger::{self, Finish, Ledger, Run, RunKey, Write, Written};
+use crate::ledger::{self, CallPromise, Finish, Ledger, Run, RunKey, Write, Written};
 use crate::reconcile::Action;
 use crate::spec::Spec;
 
@@ -58,8 +58,9 @@ impl Controller {
     async fn flush_writes(&mut self, actions: Vec<Action>, inserted: &mut HashMap<RunKey, Run>) {
         let now = crate::clock::now();
         let acts = actions.clone();
+        let stored = self.stored_promises.clone();
         let res = with_ledger(&self.rt.ledger, move |l| {
-            let writes: Vec<Write> = acts.iter().map(|a| to_write(l, a)).collect();
+            let writes: Vec<Write> = acts.iter().map(|a| to_write(l, &stored, a)).collect();
             let results = l.write_batch(&writes, now)?;
             Ok((writes, results))
         })
@@ -78,8 +79,14 @@ impl Controller {
         for ((action, write), result) in actions.into_iter().zip(writes).zip(results) {
             match (&action, result) {
                 (Action::HangUp { .. } | Action::KeepAlive { .. }, r) => {
-                    if let Err(e) = r {
-                        tracing::debug!(error = %e, "call operation not recorded");
+                    match r {
+                        Err(e) if ledger::LedgerError::is_already_done(&e) => {
+                            // another replica sent it (the compare-and-set)
+                            tracing::debug!(error = %e, "call operation left to another replica");
+                            continue;
+                        }
+                        Err(e) => tracing::debug!(error = %e, "call operation not recorded"),
+                        Ok(_) => {}
                     }
                     self.send_call_op(action, now);
                 }
@@ -175,6 +182,7 @@ impl Controller {
             .map(|(id, spec)| Write::Requesting {
                 id: id.clone(),
                 hangup_after: spec.hangup_after,
+                claim: None,
             })
             .collect();
         let res = with_ledger(&self.rt.ledger, move |l| l.write_batch(&writes, now)).await;
@@ -220,9 +228,12 @@ impl Controller {
     }
 }
 
+/// The promises of the calls in progress as the decision read them.
+pub(super) type Promises = std::sync::Arc<std::collections::BTreeMap<String, CallPromise>>;
+
 /// The ledger write of an action (not a placement). A finish's reason gets
 /// the last attempt's error ([`with_attempt_error`]).
-fn to_write(l: &crate::ledger::SqliteLedger, action: &Action) -> Write {
+fn to_write(l: &dyn Ledger, stored: &Promises, action: &Action) -> Write {
     match action {
         Action::Insert { run } => Write::Insert(run.clone()),
         Action::Record {
@@ -256,10 +267,12 @@ fn to_write(l: &crate::ledger::SqliteLedger, action: &Action) -> Write {
         Action::HangUp { id, .. } => Write::CallOp {
             id: id.clone(),
             hang_up: true,
+            expected: stored.get(id).and_then(|p| p.hangup_requested_at),
         },
         Action::KeepAlive { id, .. } => Write::CallOp {
             id: id.clone(),
             hang_up: false,
+            expected: stored.get(id).and_then(|p| p.last_keep_alive),
         },
         Action::Place { .. } => unreachable!("placements are batched apart"),
     }

@@ -32,7 +32,6 @@ use crate::config::Config;
 use crate::graph::{CreateOutcome, CreateResult, GraphClient};
 use crate::ledger::{
     self, AttemptResult, CallStateUpdate, Disposition, Ledger, Outcome, ResultInfo, Run,
-    SqliteLedger,
 };
 use crate::reconcile::{self, CallMemo, Settings};
 use crate::source::Snapshot;
@@ -40,18 +39,23 @@ use crate::spec::{Context, Spec, SpecSet, render};
 
 pub use setup::{RunArgs, apply_env_overrides, run};
 
-/// The shared ledger: one SQLite connection, used from blocking threads.
-pub type SharedLedger = Arc<Mutex<SqliteLedger>>;
+/// The ledger store the daemon uses (SQLite in the state directory, or a
+/// PostgreSQL database shared by replicas).
+pub type Store = Box<dyn Ledger>;
 
-/// Runs a ledger operation on a blocking thread (SQLite fsyncs).
+/// The shared ledger: one store connection, used from blocking threads.
+pub type SharedLedger = Arc<Mutex<Store>>;
+
+/// Runs a ledger operation on a blocking thread (SQLite fsyncs; a
+/// server-backed store waits on the network).
 pub async fn with_ledger<T: Send + 'static>(
     ledger: &SharedLedger,
-    f: impl FnOnce(&mut SqliteLedger) -> ledger::Result<T> + Send + 'static,
+    f: impl FnOnce(&mut dyn Ledger) -> ledger::Result<T> + Send + 'static,
 ) -> ledger::Result<T> {
     let ledger = ledger.clone();
     tokio::task::spawn_blocking(move || {
         let mut guard = ledger.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut guard)
+        f(guard.as_mut())
     })
     .await
     .expect("ledger task panicked")
@@ -135,6 +139,9 @@ pub(crate) struct Controller {
     /// The spec set kept file by file: a snapshot costs the files that
     /// changed (issue 12, docs/watching.md "Cost of a change").
     loader: crate::spec::IncrementalSet,
+    /// The call promises as the last decision read them from the ledger
+    /// (the expected values of its keepAlive/hang-up compare-and-sets).
+    stored_promises: batch::Promises,
 }
 
 /// How the controller loop ended.
@@ -166,6 +173,7 @@ impl Controller {
             snapshot_gen: 0,
             identity_cache: None,
             loader: crate::spec::IncrementalSet::new(),
+            stored_promises: Default::default(),
         }
     }
 
@@ -255,7 +263,7 @@ impl Controller {
         let now = crate::clock::now();
         self.deferred = false;
         // One snapshot of the open runs (one batched read).
-        let read = |l: &mut SqliteLedger| l.open_state();
+        let read = |l: &mut dyn Ledger| l.open_state();
         let ledger::OpenState {
             mut runs,
             mut progress,
@@ -282,6 +290,7 @@ impl Controller {
         self.calls.retain(|id, _| runs.iter().any(|r| &r.id == id));
         // The promises of calls in progress come from the ledger (they
         // survive a restart); what this process sent since is at least as new.
+        self.stored_promises = Arc::new(promises.clone());
         for (id, p) in promises {
             let m = self.calls.entry(id).or_default();
             m.placed_hangup_after = Some(p.hangup_after);
@@ -813,7 +822,7 @@ async fn test_hook_stall_after_create() {
 /// reason gets the last attempt's error (HTTP status, Graph's code and
 /// message), so the outcome line, `status` and `--once` say why.
 fn with_attempt_error(
-    l: &SqliteLedger,
+    l: &dyn Ledger,
     id: &str,
     outcome: Outcome,
     reason: String,

@@ -18,7 +18,7 @@ use crate::graph::auth::token_url;
 use crate::graph::{
     Credential, GraphClient, GraphClientOptions, TokenSource, TokenSourceConfig, http_client,
 };
-use crate::ledger::{Ledger, SqliteLedger};
+use crate::ledger::SqliteLedger;
 use crate::source::{SourceOptions, watch as watch_dir};
 
 /// `calld run` arguments.
@@ -193,6 +193,7 @@ async fn run_async(
     for id in ledger.recovered() {
         tracing::warn!(run = %id, outcome = "unknown", "run was in flight when the daemon stopped; recorded as unknown (never re-sent)");
     }
+    let ledger: super::Store = Box::new(ledger);
     let ledger = Arc::new(Mutex::new(ledger));
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -603,7 +604,7 @@ fn admin_state(
             let report = specs2.lock().unwrap_or_else(|p| p.into_inner()).clone();
             let l = ledger2.lock().unwrap_or_else(|p| p.into_inner());
             let input =
-                crate::status::StatusInput::from_ledger(&l, report).map_err(|e| e.to_string())?;
+                crate::status::StatusInput::from_ledger(l.as_ref(), report).map_err(|e| e.to_string())?;
             Ok(crate::status::status_doc(&input, crate::clock::now()))
         })
         .with_actions(move |path, body| {
@@ -613,14 +614,14 @@ fn admin_state(
                 let mut l = ledger4.lock().unwrap_or_else(|p| p.into_inner());
                 let result = match path {
                     "trigger" => crate::trigger::trigger(
-                        &mut l,
+                        l.as_mut(),
                         &report,
                         body["spec"].as_str().unwrap_or(""),
                         body["requestId"].as_str().unwrap_or(""),
                         now,
                     ),
                     _ => crate::trigger::retry(
-                        &mut l,
+                        l.as_mut(),
                         &report,
                         body["run"].as_str().unwrap_or(""),
                         body["force"] == true,
@@ -639,7 +640,7 @@ fn admin_state(
             let report = specs5.lock().unwrap_or_else(|p| p.into_inner()).clone();
             let now = crate::clock::now();
             let l = ledger5.lock().unwrap_or_else(|p| p.into_inner());
-            let input = crate::status::StatusInput::from_ledger(&l, report.clone())
+            let input = crate::status::StatusInput::from_ledger(l.as_ref(), report.clone())
                 .map_err(|e| e.to_string())?;
             let doc = crate::status::status_doc(&input, now);
             let mut recent = Vec::new();
@@ -664,7 +665,7 @@ fn admin_state(
             let report = specs3.lock().unwrap_or_else(|p| p.into_inner()).clone();
             let l = ledger3.lock().unwrap_or_else(|p| p.into_inner());
             if let Err(e) =
-                crate::status::refresh_spec_metrics(&metrics3, &l, &report, crate::clock::now())
+                crate::status::refresh_spec_metrics(&metrics3, l.as_ref(), &report, crate::clock::now())
             {
                 tracing::warn!(error = %e, "cannot refresh the per-spec metrics");
             }

@@ -38,14 +38,28 @@ pub enum Write {
     /// [`Ledger::mark_requesting`](super::Ledger::mark_requesting), with the
     /// call's promise (the spec's `hangupAfter` as the request leaves).
     /// Committed before the create request is sent.
+    ///
+    /// `claim` is the fencing token of the claim this replica won
+    /// ([`Ledger::claim`](super::Ledger::claim)): a shared store refuses the
+    /// mark unless the claim is still this replica's and its lease has not
+    /// run out. `None` for a single-process store.
     Requesting {
         id: String,
         hangup_after: Option<Duration>,
+        claim: Option<super::FencingToken>,
     },
     /// A keepAlive (`hang_up: false`) or a hang-up is being sent for the
     /// run's call (recorded before it leaves: a restart sends an overdue
     /// keepAlive once).
-    CallOp { id: String, hang_up: bool },
+    ///
+    /// A compare-and-set: refused unless the stored time of the last such
+    /// operation is still `expected` (what the decision read). So of
+    /// several replicas deciding the same keepAlive, one sends it.
+    CallOp {
+        id: String,
+        hang_up: bool,
+        expected: Option<Timestamp>,
+    },
 }
 
 /// What one [`Write`] did, in the same position of the answer.

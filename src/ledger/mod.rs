@@ -41,6 +41,7 @@
 
 mod batch;
 pub mod postgres;
+mod replica;
 pub mod rules;
 mod sqlite;
 
@@ -51,8 +52,9 @@ use std::str::FromStr;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-pub use self::postgres::{Claim, PgLedger, PgListener, PgOptions, SpecView};
+pub use self::postgres::{PgLedger, PgListener, PgOptions};
 pub use batch::{BatchResult, OpenState, Write, Written};
+pub use replica::{Claim, FencingToken, SpecView};
 pub use sqlite::{
     CallPromise, CreateEnd, CreateRecorded, CreateStep, LEDGER_FILE, RenameRecord, SCHEMA_VERSION,
     SqliteLedger, WAITING_PREFIX, requeue_backoff,
@@ -625,6 +627,16 @@ pub enum LedgerError {
     Postgres(String),
 }
 
+/// The `why` of a compare-and-set a replica lost ([`Write::CallOp`]).
+pub const ALREADY_DONE: &str = "another replica already sent it";
+
+impl LedgerError {
+    /// A compare-and-set lost to another replica: the operation is done.
+    pub fn is_already_done(e: &LedgerError) -> bool {
+        matches!(e, LedgerError::Refused { why, .. } if *why == ALREADY_DONE)
+    }
+}
+
 pub type Result<T, E = LedgerError> = std::result::Result<T, E>;
 
 /// The durable record of runs. Every write is durable when it returns; every
@@ -786,6 +798,160 @@ pub trait Ledger: Send {
     /// are always kept (status and catch-up need them). Returns how many runs
     /// were deleted.
     fn prune(&mut self, cutoff: Timestamp) -> Result<usize>;
+
+    // ---- create requests, waiting runs and call promises (issue 10) ----
+
+    /// `scheduled` → `requesting` (as [`Ledger::mark_requesting`]) and, in
+    /// the same transaction, the call's promise: the spec's `hangupAfter`
+    /// as it is now, kept with the run whatever happens to the spec later.
+    fn mark_requesting_with(
+        &mut self,
+        id: &str,
+        hangup_after: Option<std::time::Duration>,
+        now: Timestamp,
+    ) -> Result<u32>;
+
+    /// Records a create request in **one** transaction: every attempt (the
+    /// first is `first`, opened by `mark_requesting`; more are opened here),
+    /// then the end: the call id and `placed`, or back to `scheduled` with
+    /// the earliest next try, or the last attempt closed. A crash leaves
+    /// either nothing of it or all of it.
+    fn record_create(
+        &mut self,
+        id: &str,
+        first: u32,
+        steps: &[CreateStep],
+        end: &CreateEnd,
+        now: Timestamp,
+    ) -> Result<CreateRecorded>;
+
+    /// Sets the reason of a `scheduled` run that cannot be placed now (no
+    /// token): `waiting: <why>`. A run carrying another reason keeps it.
+    /// Returns whether the row changed.
+    fn note_waiting(&mut self, id: &str, why: &str, now: Timestamp) -> Result<bool>;
+
+    /// The earliest next try of each open run waiting out a transient
+    /// failure, by run id.
+    fn not_before_times(&self) -> Result<std::collections::BTreeMap<String, Timestamp>>;
+
+    /// The promises of every open run's call, by run id.
+    fn call_promises(&self) -> Result<std::collections::BTreeMap<String, CallPromise>>;
+
+    /// The promise of one run (None: none recorded).
+    fn call_promise(&self, id: &str) -> Result<Option<CallPromise>>;
+
+    /// A keepAlive (`hang_up: false`) or hang-up was sent for the run's call
+    /// at `at` (unconditionally; [`Write::CallOp`] is the compare-and-set).
+    fn record_call_op(&mut self, id: &str, hang_up: bool, at: Timestamp) -> Result<()>;
+
+    // ---- run identity (issue 9) ----
+
+    /// Moves every run of `from` to `to` and records the rename. Refused
+    /// (`None`) when `to` already has runs. Returns how many runs moved.
+    fn rename_spec(
+        &mut self,
+        from: &str,
+        to: &str,
+        revision: &str,
+        now: Timestamp,
+    ) -> Result<Option<usize>>;
+
+    /// Re-keys an unscheduled spec's run recorded under revision `from` to
+    /// `to`, unless a run of `to` exists. Returns whether a run was re-keyed.
+    fn adopt_revision(&mut self, spec: &str, from: &str, to: &str) -> Result<bool>;
+
+    /// The renames that led to `name`, newest first, following the chain back.
+    fn renames_to(&self, name: &str) -> Result<Vec<RenameRecord>>;
+
+    /// The specs known at this daemon's last identity step (a shared store
+    /// keeps one memory per replica).
+    fn known_specs(&self) -> Result<std::collections::BTreeMap<String, crate::identity::Known>>;
+
+    /// Replaces the known specs: writes only what changed from `before`.
+    fn save_known(
+        &mut self,
+        before: &std::collections::BTreeMap<String, crate::identity::Known>,
+        after: &std::collections::BTreeMap<String, crate::identity::Known>,
+    ) -> Result<()>;
+
+    // ---- reports ----
+
+    /// Per spec, its newest run with outcome `completed`, by spec name.
+    fn last_successes(&self) -> Result<Vec<Run>>;
+
+    /// Per spec, its newest finished run that was not `canceled`.
+    fn latest_finished_runs(&self) -> Result<Vec<Run>>;
+
+    /// Checks the store's integrity (SQLite: `PRAGMA quick_check`).
+    fn check_integrity(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// The runs that recovery at open turned from `requesting` into
+    /// `unknown` (the daemon logs them).
+    fn recovered(&self) -> &[String] {
+        &[]
+    }
+
+    /// A short text naming the store for logs and `status` (never a secret).
+    fn describe(&self) -> String;
+
+    // ---- replicas (issue 13; the defaults are a single process's) ----
+
+    /// Whether several daemons share this store (claims, leases and views
+    /// matter then).
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    /// Claims due runs before they are marked `requesting`: per claim, the
+    /// fencing token when won, `None` when lost (another replica holds
+    /// the run, the run moved, it is not due by the store's clock, or its
+    /// revision is not the newest view). A single process wins every
+    /// claim of a `scheduled` run.
+    fn claim(&mut self, claims: &[Claim], now: Timestamp) -> Result<Vec<Option<FencingToken>>> {
+        let _ = now;
+        claims
+            .iter()
+            .map(|c| {
+                Ok(self
+                    .run(&c.id)?
+                    .filter(|r| r.state == RunState::Scheduled)
+                    .map(|_| 0))
+            })
+            .collect()
+    }
+
+    /// Extends the leases of the runs this replica holds; returns the ids
+    /// that are no longer its own (the lease ran out and another took it).
+    fn renew_leases(&mut self, held: &[(String, FencingToken)]) -> Result<Vec<String>> {
+        let _ = held;
+        Ok(Vec::new())
+    }
+
+    /// Runs left `requesting` by a replica whose lease ran out (it died or
+    /// stalled mid-request) become `unknown`, never re-sent. Returns them.
+    fn reap_expired(&mut self, now: Timestamp) -> Result<Vec<Run>> {
+        let _ = now;
+        Ok(Vec::new())
+    }
+
+    /// Publishes this replica's views of the specs that changed.
+    fn publish_views(&mut self, views: &[SpecView]) -> Result<()> {
+        let _ = views;
+        Ok(())
+    }
+
+    /// The newest view of every spec, over all replicas.
+    fn newest_views(&mut self) -> Result<std::collections::BTreeMap<String, SpecView>> {
+        Ok(std::collections::BTreeMap::new())
+    }
+
+    /// The store's clock, for a shared store (every replica times its
+    /// decisions by it); `None` for a single process.
+    fn db_now(&mut self) -> Result<Option<Timestamp>> {
+        Ok(None)
+    }
 }
 
 #[cfg(test)]

@@ -1109,6 +1109,96 @@ pub(super) fn finish_in(tx: &Connection, id: &str, finish: &Finish, now: Timesta
 }
 
 impl Ledger for SqliteLedger {
+    fn mark_requesting_with(
+        &mut self,
+        id: &str,
+        hangup_after: Option<std::time::Duration>,
+        now: Timestamp,
+    ) -> Result<u32> {
+        SqliteLedger::mark_requesting_with(self, id, hangup_after, now)
+    }
+
+    fn record_create(
+        &mut self,
+        id: &str,
+        first: u32,
+        steps: &[CreateStep],
+        end: &CreateEnd,
+        now: Timestamp,
+    ) -> Result<CreateRecorded> {
+        SqliteLedger::record_create(self, id, first, steps, end, now)
+    }
+
+    fn note_waiting(&mut self, id: &str, why: &str, now: Timestamp) -> Result<bool> {
+        SqliteLedger::note_waiting(self, id, why, now)
+    }
+
+    fn not_before_times(&self) -> Result<BTreeMap<String, Timestamp>> {
+        SqliteLedger::not_before_times(self)
+    }
+
+    fn call_promises(&self) -> Result<BTreeMap<String, CallPromise>> {
+        SqliteLedger::call_promises(self)
+    }
+
+    fn call_promise(&self, id: &str) -> Result<Option<CallPromise>> {
+        SqliteLedger::call_promise(self, id)
+    }
+
+    fn record_call_op(&mut self, id: &str, hang_up: bool, at: Timestamp) -> Result<()> {
+        SqliteLedger::record_call_op(self, id, hang_up, at)
+    }
+
+    fn rename_spec(
+        &mut self,
+        from: &str,
+        to: &str,
+        revision: &str,
+        now: Timestamp,
+    ) -> Result<Option<usize>> {
+        SqliteLedger::rename_spec(self, from, to, revision, now)
+    }
+
+    fn adopt_revision(&mut self, spec: &str, from: &str, to: &str) -> Result<bool> {
+        SqliteLedger::adopt_revision(self, spec, from, to)
+    }
+
+    fn renames_to(&self, name: &str) -> Result<Vec<RenameRecord>> {
+        SqliteLedger::renames_to(self, name)
+    }
+
+    fn known_specs(&self) -> Result<BTreeMap<String, crate::identity::Known>> {
+        SqliteLedger::known_specs(self)
+    }
+
+    fn save_known(
+        &mut self,
+        before: &BTreeMap<String, crate::identity::Known>,
+        after: &BTreeMap<String, crate::identity::Known>,
+    ) -> Result<()> {
+        SqliteLedger::save_known(self, before, after)
+    }
+
+    fn last_successes(&self) -> Result<Vec<Run>> {
+        SqliteLedger::last_successes(self)
+    }
+
+    fn latest_finished_runs(&self) -> Result<Vec<Run>> {
+        SqliteLedger::latest_finished_runs(self)
+    }
+
+    fn check_integrity(&self) -> Result<()> {
+        SqliteLedger::check_integrity(self)
+    }
+
+    fn recovered(&self) -> &[String] {
+        SqliteLedger::recovered(self)
+    }
+
+    fn describe(&self) -> String {
+        format!("SQLite {}", self.path.display())
+    }
+
     fn insert_run(&mut self, new: &NewRun, now: Timestamp) -> Result<Inserted> {
         self.write(|tx| insert_run_in(tx, new, now))
     }

@@ -10,6 +10,56 @@ fn mem() -> SqliteLedger {
     SqliteLedger::open_in_memory().unwrap()
 }
 
+/// What the store tests need beyond the [`Ledger`] trait.
+pub(crate) trait TestStore: Ledger {
+    /// How many attempt rows the store holds (of every run).
+    fn attempt_rows(&self) -> i64;
+}
+
+impl TestStore for SqliteLedger {
+    fn attempt_rows(&self) -> i64 {
+        self.conn_for_tests()
+            .query_row("SELECT COUNT(*) FROM attempts", [], |r| r.get(0))
+            .unwrap()
+    }
+}
+
+impl TestStore for PgLedger {
+    fn attempt_rows(&self) -> i64 {
+        self.client_for_tests()
+            .query_one("SELECT COUNT(*) FROM attempts", &[])
+            .unwrap()
+            .get(0)
+    }
+}
+
+/// One store test, run against each implementation: `fn name(mem) { .. }`
+/// becomes `name::sqlite` and `name::postgres`, each calling `mem()` for a
+/// fresh, empty ledger of its kind (the type is `L` in the body). The
+/// PostgreSQL one uses fresh schemas and skips without a server (see
+/// `ledger::postgres::testing`).
+macro_rules! store_test {
+    ($(#[$m:meta])* fn $name:ident($mk:ident) $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[allow(unused_mut)]
+            fn body<L: TestStore>($mk: &dyn Fn() -> L) $body
+
+            #[test]
+            fn sqlite() {
+                body(&|| SqliteLedger::open_in_memory().unwrap());
+            }
+
+            #[test]
+            fn postgres() {
+                crate::ledger::postgres::testing::with_pg(module_path!(), |mk| body(mk));
+            }
+        }
+    };
+}
+
 fn new_at(spec: &str, secs: i64) -> NewRun {
     NewRun {
         key: RunKey::at(spec, t(secs)),
@@ -19,12 +69,12 @@ fn new_at(spec: &str, secs: i64) -> NewRun {
     }
 }
 
-fn insert(l: &mut SqliteLedger, spec: &str, secs: i64) -> Run {
+fn insert(l: &mut dyn Ledger, spec: &str, secs: i64) -> Run {
     l.insert_run(&new_at(spec, secs), t(0)).unwrap().run
 }
 
 /// A run taken to `placed` with call id `call`.
-fn placed(l: &mut SqliteLedger, spec: &str, secs: i64, call: &str) -> Run {
+fn placed(l: &mut dyn Ledger, spec: &str, secs: i64, call: &str) -> Run {
     let run = insert(l, spec, secs);
     let n = l.mark_requesting(&run.id, Some("crid"), t(1)).unwrap();
     l.finish_attempt(&run.id, n, &AttemptResult::new(Disposition::Placed), t(2))
@@ -32,7 +82,7 @@ fn placed(l: &mut SqliteLedger, spec: &str, secs: i64, call: &str) -> Run {
     l.mark_placed(&run.id, call, t(2)).unwrap()
 }
 
-fn notify(l: &mut SqliteLedger, id: &str, state: &str, call: Option<&str>) -> Notified {
+fn notify(l: &mut dyn Ledger, id: &str, state: &str, call: Option<&str>) -> Notified {
     l.record_call_state(
         id,
         &CallStateUpdate {
@@ -344,8 +394,8 @@ fn ledger_is_send() {
     send::<Box<dyn Ledger>>();
 }
 
-#[test]
-fn insert_creates_a_scheduled_run() {
+store_test! {
+fn insert_creates_a_scheduled_run(mem) {
     let mut l = mem();
     let got = l.insert_run(&new_at("a", 60), t(0)).unwrap();
     assert!(got.created);
@@ -365,9 +415,10 @@ fn insert_creates_a_scheduled_run() {
             .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b))
     );
 }
+}
 
-#[test]
-fn inserting_an_existing_key_returns_the_existing_run_unchanged() {
+store_test! {
+fn inserting_an_existing_key_returns_the_existing_run_unchanged(mem) {
     let mut l = mem();
     let first = l.insert_run(&new_at("a", 60), t(0)).unwrap().run;
     let mut again = new_at("a", 60);
@@ -385,9 +436,10 @@ fn inserting_an_existing_key_returns_the_existing_run_unchanged() {
     fine.key.slot = Slot::At(Timestamp::new(t(60).as_second(), 999).unwrap());
     assert!(!l.insert_run(&fine, t(0)).unwrap().created);
 }
+}
 
-#[test]
-fn revision_slots_are_scheduled_at_insert_time() {
+store_test! {
+fn revision_slots_are_scheduled_at_insert_time(mem) {
     let mut l = mem();
     let new = NewRun {
         key: RunKey::revision("once", "abc"),
@@ -405,17 +457,19 @@ fn revision_slots_are_scheduled_at_insert_time() {
     };
     assert!(l.insert_run(&edited, t(30)).unwrap().created);
 }
+}
 
-#[test]
-fn run_ids_are_unique() {
+store_test! {
+fn run_ids_are_unique(mem) {
     let mut l = mem();
     let ids: std::collections::HashSet<String> =
         (0..500).map(|i| insert(&mut l, "a", i).id).collect();
     assert_eq!(ids.len(), 500);
 }
+}
 
-#[test]
-fn lookups_by_id_key_and_call_id() {
+store_test! {
+fn lookups_by_id_key_and_call_id(mem) {
     let mut l = mem();
     let a = placed(&mut l, "a", 60, "call-1");
     let b = insert(&mut l, "b", 60);
@@ -431,11 +485,12 @@ fn lookups_by_id_key_and_call_id() {
     assert_eq!(l.run(&a.id).unwrap().unwrap().call_id, None);
     assert_eq!(l.run_by_call_id("call-1").unwrap().unwrap().id, a.id);
 }
+}
 
 // ---------------------------------------------------------------- requesting and attempts
 
-#[test]
-fn mark_requesting_opens_an_attempt_and_cannot_happen_twice() {
+store_test! {
+fn mark_requesting_opens_an_attempt_and_cannot_happen_twice(mem) {
     let mut l = mem();
     let r = insert(&mut l, "a", 60);
     assert_eq!(l.mark_requesting(&r.id, Some("crid-1"), t(60)).unwrap(), 1);
@@ -459,9 +514,10 @@ fn mark_requesting_opens_an_attempt_and_cannot_happen_twice() {
         Err(LedgerError::UnknownRun { .. })
     ));
 }
+}
 
-#[test]
-fn attempts_are_numbered_and_finished_once() {
+store_test! {
+fn attempts_are_numbered_and_finished_once(mem) {
     let mut l = mem();
     let r = insert(&mut l, "a", 60);
     assert!(refused(l.begin_attempt(&r.id, None, t(0))).contains("while the run is requesting"));
@@ -505,9 +561,10 @@ fn attempts_are_numbered_and_finished_once() {
     assert_eq!(a[1].disposition, Some(Disposition::Unknown));
     assert_eq!(a[1].client_request_id.as_deref(), Some("c2"));
 }
+}
 
-#[test]
-fn mark_placed_sets_the_call_id_on_run_and_attempt() {
+store_test! {
+fn mark_placed_sets_the_call_id_on_run_and_attempt(mem) {
     let mut l = mem();
     let r = placed(&mut l, "a", 60, "call-1");
     assert_eq!(r.state, RunState::Placed);
@@ -525,9 +582,10 @@ fn mark_placed_sets_the_call_id_on_run_and_attempt() {
     let s = insert(&mut l, "b", 60);
     assert!(refused(l.mark_placed(&s.id, "x", t(3))).contains("never marked requesting"));
 }
+}
 
-#[test]
-fn a_notification_racing_ahead_of_the_201_is_kept() {
+store_test! {
+fn a_notification_racing_ahead_of_the_201_is_kept(mem) {
     let mut l = mem();
     let r = insert(&mut l, "a", 60);
     l.mark_requesting(&r.id, None, t(1)).unwrap();
@@ -544,11 +602,12 @@ fn a_notification_racing_ahead_of_the_201_is_kept() {
     assert_eq!(after.state, RunState::Established);
     assert!(refused(l.mark_placed(&r.id, "call-9", t(4))).contains("another call"));
 }
+}
 
 // ---------------------------------------------------------------- notifications
 
-#[test]
-fn notifications_advance_and_are_all_recorded() {
+store_test! {
+fn notifications_advance_and_are_all_recorded(mem) {
     let mut l = mem();
     let r = placed(&mut l, "a", 60, "c");
     let n = notify(&mut l, &r.id, "established", Some("c"));
@@ -599,9 +658,10 @@ fn notifications_advance_and_are_all_recorded() {
     assert_eq!(states[2].result_info.as_ref(), Some(&info));
     assert_eq!(states[2].at, t(9));
 }
+}
 
-#[test]
-fn established_arriving_after_terminated_still_counts_as_established() {
+store_test! {
+fn established_arriving_after_terminated_still_counts_as_established(mem) {
     let mut l = mem();
     let r = placed(&mut l, "a", 60, "c");
     notify(&mut l, &r.id, "terminated", Some("c"));
@@ -611,9 +671,10 @@ fn established_arriving_after_terminated_still_counts_as_established() {
     l.finish(&r.id, &Finish::new(Outcome::Completed), t(5))
         .unwrap();
 }
+}
 
-#[test]
-fn a_notification_resolves_an_unknown_run() {
+store_test! {
+fn a_notification_resolves_an_unknown_run(mem) {
     let mut l = mem();
     let r = insert(&mut l, "a", 60);
     l.mark_requesting(&r.id, None, t(1)).unwrap();
@@ -636,9 +697,10 @@ fn a_notification_resolves_an_unknown_run() {
         .unwrap();
     assert_eq!(done.outcome, Some(Outcome::NotEstablished));
 }
+}
 
-#[test]
-fn notifications_about_other_calls_or_waiting_runs_are_history_only() {
+store_test! {
+fn notifications_about_other_calls_or_waiting_runs_are_history_only(mem) {
     let mut l = mem();
     let r = placed(&mut l, "a", 60, "c1");
     let n = notify(&mut l, &r.id, "established", Some("c2"));
@@ -673,6 +735,7 @@ fn notifications_about_other_calls_or_waiting_runs_are_history_only() {
         Err(LedgerError::UnknownRun { .. })
     ));
 }
+}
 
 fn notice(run: Option<&str>, state: &str, call: Option<&str>) -> StateNotice {
     StateNotice {
@@ -691,8 +754,8 @@ fn notice(run: Option<&str>, state: &str, call: Option<&str>) -> StateNotice {
     }
 }
 
-#[test]
-fn a_batch_records_like_the_same_notifications_one_by_one() {
+store_test! {
+fn a_batch_records_like_the_same_notifications_one_by_one(mem) {
     // Two ledgers, same runs; one gets the notifications one at a time,
     // the other in one batch: same answers, same rows.
     let script = [
@@ -704,7 +767,7 @@ fn a_batch_records_like_the_same_notifications_one_by_one() {
         ("a", "terminated"),
         ("b", "established"),
     ];
-    let setup = |l: &mut SqliteLedger| {
+    let setup = |l: &mut L| {
         let a = placed(l, "a", 60, "ca");
         let b = placed(l, "b", 60, "cb");
         (a.id, b.id)
@@ -755,9 +818,10 @@ fn a_batch_records_like_the_same_notifications_one_by_one() {
     // a's second `established` is a duplicate: not a row of its own
     assert_eq!(batched.call_states(&a2).unwrap().len(), 3);
 }
+}
 
-#[test]
-fn a_batch_finds_runs_by_run_id_then_call_id_and_skips_strangers() {
+store_test! {
+fn a_batch_finds_runs_by_run_id_then_call_id_and_skips_strangers(mem) {
     let mut l = mem();
     let a = placed(&mut l, "a", 60, "ca");
     let b = placed(&mut l, "b", 60, "cb");
@@ -798,6 +862,7 @@ fn a_batch_finds_runs_by_run_id_then_call_id_and_skips_strangers() {
     assert_eq!(l.run(&a.id).unwrap().unwrap().state, RunState::Established);
     assert!(l.record_call_states(&[], t(5)).unwrap().is_empty());
 }
+}
 
 #[test]
 fn one_failing_notice_is_undone_alone() {
@@ -836,8 +901,8 @@ fn one_failing_notice_is_undone_alone() {
 
 // ---------------------------------------------------------------- retry, finish, cancel
 
-#[test]
-fn retry_puts_the_run_back_and_the_next_request_is_attempt_two() {
+store_test! {
+fn retry_puts_the_run_back_and_the_next_request_is_attempt_two(mem) {
     let mut l = mem();
     let r = placed(&mut l, "a", 60, "c1");
     notify(&mut l, &r.id, "terminated", Some("c1"));
@@ -855,9 +920,10 @@ fn retry_puts_the_run_back_and_the_next_request_is_attempt_two() {
     notify(&mut l, &e.id, "established", Some("cb"));
     assert!(refused(l.retry_later(&e.id, t(1), "x", t(1))).contains("established"));
 }
+}
 
-#[test]
-fn finish_records_outcome_reason_and_result_info_and_only_once() {
+store_test! {
+fn finish_records_outcome_reason_and_result_info_and_only_once(mem) {
     let mut l = mem();
     let r = insert(&mut l, "a", 60);
     l.mark_requesting(&r.id, None, t(1)).unwrap();
@@ -899,9 +965,10 @@ fn finish_records_outcome_reason_and_result_info_and_only_once() {
     )
     .unwrap();
 }
+}
 
-#[test]
-fn cancel_scheduled_runs_of_one_spec() {
+store_test! {
+fn cancel_scheduled_runs_of_one_spec(mem) {
     let mut l = mem();
     let a1 = insert(&mut l, "a", 60);
     let a2 = insert(&mut l, "a", 120);
@@ -928,11 +995,12 @@ fn cancel_scheduled_runs_of_one_spec() {
             .is_empty()
     );
 }
+}
 
 // ---------------------------------------------------------------- queries
 
-#[test]
-fn open_runs_latest_runs_and_last_slots() {
+store_test! {
+fn open_runs_latest_runs_and_last_slots(mem) {
     let mut l = mem();
     let a_old = insert(&mut l, "a", 60);
     l.finish(&a_old.id, &Finish::new(Outcome::Missed), t(1))
@@ -985,9 +1053,10 @@ fn open_runs_latest_runs_and_last_slots() {
     assert_eq!(slots["b"], t(10));
     drop(b);
 }
+}
 
-#[test]
-fn history_is_newest_first_with_attempts_and_states() {
+store_test! {
+fn history_is_newest_first_with_attempts_and_states(mem) {
     let mut l = mem();
     for i in 0..5 {
         let r = placed(&mut l, "a", i * 60, &format!("c{i}"));
@@ -1011,9 +1080,10 @@ fn history_is_newest_first_with_attempts_and_states() {
     assert_eq!(json["attempts"][0]["number"], 1);
     assert_eq!(json["callStates"][0]["state"], "established");
 }
+}
 
-#[test]
-fn prune_deletes_old_finished_runs_but_keeps_the_newest_per_spec() {
+store_test! {
+fn prune_deletes_old_finished_runs_but_keeps_the_newest_per_spec(mem) {
     let mut l = mem();
     let mut ids = Vec::new();
     for i in 0..4 {
@@ -1057,11 +1127,8 @@ fn prune_deletes_old_finished_runs_but_keeps_the_newest_per_spec() {
     assert!(l.run(&lone.id).unwrap().is_some());
     assert_eq!(l.last_slots().unwrap()["a"], t(180));
     // Attempts of deleted runs went with them.
-    let n: i64 = l
-        .conn_for_tests()
-        .query_row("SELECT COUNT(*) FROM attempts", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(n, 1);
+    assert_eq!(l.attempt_rows(), 1);
+}
 }
 
 // ---------------------------------------------------------------- files: recovery, integrity, schema

@@ -28,9 +28,11 @@ mod schema;
 mod store;
 #[cfg(test)]
 pub(crate) mod testing;
+#[cfg(test)]
+mod tests;
 
 pub use listen::PgListener;
-pub use replica::{Claim, SpecView};
+pub use replica::reaped_reason;
 pub use schema::PG_SCHEMA_VERSION;
 
 /// The channel of `LISTEN`/`NOTIFY`: a transaction that inserts runs,
@@ -206,7 +208,9 @@ fn redact(text: &str, secrets: &[String]) -> String {
 
 /// The rustls client configuration: the CA file's certificates, or the
 /// system's roots; the `ring` provider (no process-wide default is set).
-fn tls_connector(ca_file: Option<&std::path::Path>) -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
+fn tls_connector(
+    ca_file: Option<&std::path::Path>,
+) -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
@@ -365,7 +369,11 @@ impl PgLedger {
 }
 
 /// Sends the one notification of a transaction (delivered at commit).
-pub(super) fn notify(c: &mut impl postgres::GenericClient, replica: &str, what: &str) -> Result<()> {
+pub(super) fn notify(
+    c: &mut impl postgres::GenericClient,
+    replica: &str,
+    what: &str,
+) -> Result<()> {
     c.execute(
         "SELECT pg_notify($1, $2)",
         &[&NOTIFY_CHANNEL, &format!("{what} {replica}")],

@@ -9,25 +9,7 @@ use jiff::Timestamp;
 
 use super::store::{query_runs, reload, us};
 use super::{PgLedger, notify};
-use crate::ledger::{LedgerError, Result, Run};
-
-/// One run a replica wants to place: the run and the revision it planned
-/// the run from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Claim {
-    pub id: String,
-    pub revision: String,
-}
-
-/// What one replica sees of a spec: its revision (`None`: the file is
-/// gone) and the file's mtime. The newest view (greatest mtime; tie: the
-/// greater revision text, a deletion lowest) is the shared truth.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SpecView {
-    pub spec: String,
-    pub revision: Option<String>,
-    pub mtime: Timestamp,
-}
+use crate::ledger::{Claim, FencingToken, LedgerError, Result, Run, SpecView};
 
 /// The reason recorded on a run reaped by [`PgLedger::reap_expired`].
 pub fn reaped_reason(owner: &str) -> String {
@@ -46,16 +28,21 @@ impl PgLedger {
     /// `claim.revision`, and the newest shared view of its spec has that
     /// revision (or the spec has no view). The lease runs until `db now +
     /// lease`.
-    pub fn claim(&mut self, claims: &[Claim], now: Timestamp) -> Result<Vec<Option<u64>>> {
+    pub fn claim(&mut self, claims: &[Claim], now: Timestamp) -> Result<Vec<Option<FencingToken>>> {
         let _ = now;
         if claims.is_empty() {
             return Ok(Vec::new());
         }
         let me = self.ctx();
         let lease = me.lease_us();
+        // Rows are locked in id order, whatever the order asked: two
+        // replicas claiming overlapping sets never deadlock.
+        let mut order: Vec<usize> = (0..claims.len()).collect();
+        order.sort_by(|a, b| claims[*a].id.cmp(&claims[*b].id));
         self.write(|tx| {
-            let mut out = Vec::with_capacity(claims.len());
-            for c in claims {
+            let mut out = vec![None; claims.len()];
+            for i in order {
+                let c = &claims[i];
                 let row = tx.query_opt(
                     "UPDATE runs r SET claim_owner = $2, claim_token = nextval('claim_tokens'), \
                         lease_until = now() + ($3::bigint * interval '1 microsecond') \
@@ -67,7 +54,7 @@ impl PgLedger {
                      RETURNING r.claim_token",
                     &[&c.id, &me.replica, &lease, &c.revision, &DUE_TOLERANCE_US],
                 )?;
-                out.push(row.map(|r| r.get::<_, i64>(0) as u64));
+                out[i] = row.map(|r| r.get::<_, i64>(0) as u64);
             }
             if out.iter().any(Option::is_some) {
                 notify(tx, me.replica, "claims")?;
@@ -79,7 +66,7 @@ impl PgLedger {
     /// Extends the lease of each `(run id, token)` still this replica's
     /// (token matches, lease not expired, run `scheduled` or
     /// `requesting`). Returns the ids that are no longer ours.
-    pub fn renew_leases(&mut self, held: &[(String, u64)]) -> Result<Vec<String>> {
+    pub fn renew_leases(&mut self, held: &[(String, FencingToken)]) -> Result<Vec<String>> {
         if held.is_empty() {
             return Ok(Vec::new());
         }
@@ -180,11 +167,10 @@ impl PgLedger {
             .iter()
             .map(|r| {
                 let spec: String = r.get(0);
-                let mtime = Timestamp::from_microsecond(r.get(2)).map_err(|e| {
-                    LedgerError::BadData {
+                let mtime =
+                    Timestamp::from_microsecond(r.get(2)).map_err(|e| LedgerError::BadData {
                         detail: format!("spec_views.mtime of {spec:?}: {e}"),
-                    }
-                })?;
+                    })?;
                 Ok((
                     spec.clone(),
                     SpecView {

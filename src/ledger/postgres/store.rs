@@ -17,10 +17,11 @@ use crate::identity::Known;
 use crate::ledger::batch::{BatchResult, OpenState, Write, Written};
 use crate::ledger::rules::{self, NotificationEffect, Placed, Refusal, RunView};
 use crate::ledger::{
-    Attempt, AttemptResult, CallPromise, CallState, CallStateRecord, CallStateUpdate, CreateEnd,
-    CreateRecorded, CreateStep, Disposition, Finish, Inserted, Ledger, LedgerError, NewRun,
-    Notified, Outcome, RenameRecord, Result, ResultInfo, Run, RunKey, RunProgress, RunRecord,
-    RunState, Slot, StateChange, StateNotice, WAITING_PREFIX, requeue_backoff,
+    Attempt, AttemptResult, CallPromise, CallState, CallStateRecord, CallStateUpdate, Claim,
+    CreateEnd, CreateRecorded, CreateStep, Disposition, FencingToken, Finish, Inserted, Ledger,
+    LedgerError, NewRun, Notified, Outcome, RenameRecord, Result, ResultInfo, Run, RunKey,
+    RunProgress, RunRecord, RunState, Slot, SpecView, StateChange, StateNotice, WAITING_PREFIX,
+    requeue_backoff,
 };
 
 const RUN_COLUMNS: &str = "seq, id, spec, slot, revision, scheduled_at, due_at, state, outcome, \
@@ -312,7 +313,7 @@ pub(super) fn mark_requesting_in(
     let changed = c.execute(
         "UPDATE runs SET state = 'requesting', tries = tries + 1, updated_at = $2, \
              reason = CASE WHEN reason LIKE 'waiting: %' THEN NULL ELSE reason END, \
-             claim_owner = $3, lease_until = now() + $4 * interval '1 microsecond' \
+             claim_owner = $3, lease_until = now() + ($4::bigint * interval '1 microsecond') \
          WHERE seq = $1 AND state = 'scheduled' AND CASE WHEN $5::bigint IS NULL \
              THEN (lease_until IS NULL OR lease_until <= now() OR claim_owner = $3) \
              ELSE (claim_token = $5 AND claim_owner = $3 AND lease_until > now()) END",
@@ -732,7 +733,7 @@ pub(super) fn record_call_op_in(
                     "record a keepAlive of"
                 },
                 status: run.state.to_string(),
-                why: "another replica already sent it",
+                why: crate::ledger::ALREADY_DONE,
             });
         }
     }
@@ -1051,7 +1052,7 @@ impl PgLedger {
 
     /// [`PgLedger::record_call_op`] as a compare-and-set on the stored time
     /// of the previous one (`expected`; `None`: none was sent yet).
-    pub fn record_call_op_cas(
+    pub fn record_call_op_if(
         &mut self,
         id: &str,
         hang_up: bool,
@@ -1221,11 +1222,24 @@ impl PgLedger {
                     Write::Retry { id, due, reason } => {
                         Written::Retried(retry_later_in(&mut sp, id, *due, reason, now)?)
                     }
-                    Write::Requesting { id, hangup_after } => Written::Requesting(
-                        mark_requesting_with_in(&mut sp, &me, id, *hangup_after, None, now)?,
-                    ),
-                    Write::CallOp { id, hang_up } => {
-                        record_call_op_in(&mut sp, id, *hang_up, None, now)?;
+                    Write::Requesting {
+                        id,
+                        hangup_after,
+                        claim,
+                    } => Written::Requesting(mark_requesting_with_in(
+                        &mut sp,
+                        &me,
+                        id,
+                        *hangup_after,
+                        *claim,
+                        now,
+                    )?),
+                    Write::CallOp {
+                        id,
+                        hang_up,
+                        expected,
+                    } => {
+                        record_call_op_in(&mut sp, id, *hang_up, Some(*expected), now)?;
                         Written::CallOp
                     }
                 })
@@ -1284,6 +1298,126 @@ impl PgLedger {
 }
 
 impl Ledger for PgLedger {
+    fn mark_requesting_with(
+        &mut self,
+        id: &str,
+        hangup_after: Option<Duration>,
+        now: Timestamp,
+    ) -> Result<u32> {
+        PgLedger::mark_requesting_with(self, id, hangup_after, now)
+    }
+
+    fn record_create(
+        &mut self,
+        id: &str,
+        first: u32,
+        steps: &[CreateStep],
+        end: &CreateEnd,
+        now: Timestamp,
+    ) -> Result<CreateRecorded> {
+        PgLedger::record_create(self, id, first, steps, end, now)
+    }
+
+    fn note_waiting(&mut self, id: &str, why: &str, now: Timestamp) -> Result<bool> {
+        PgLedger::note_waiting(self, id, why, now)
+    }
+
+    fn not_before_times(&self) -> Result<BTreeMap<String, Timestamp>> {
+        PgLedger::not_before_times(self)
+    }
+
+    fn call_promises(&self) -> Result<BTreeMap<String, CallPromise>> {
+        PgLedger::call_promises(self)
+    }
+
+    fn call_promise(&self, id: &str) -> Result<Option<CallPromise>> {
+        PgLedger::call_promise(self, id)
+    }
+
+    fn record_call_op(&mut self, id: &str, hang_up: bool, at: Timestamp) -> Result<()> {
+        PgLedger::record_call_op(self, id, hang_up, at)
+    }
+
+    fn rename_spec(
+        &mut self,
+        from: &str,
+        to: &str,
+        revision: &str,
+        now: Timestamp,
+    ) -> Result<Option<usize>> {
+        PgLedger::rename_spec(self, from, to, revision, now)
+    }
+
+    fn adopt_revision(&mut self, spec: &str, from: &str, to: &str) -> Result<bool> {
+        PgLedger::adopt_revision(self, spec, from, to)
+    }
+
+    fn renames_to(&self, name: &str) -> Result<Vec<RenameRecord>> {
+        PgLedger::renames_to(self, name)
+    }
+
+    fn known_specs(&self) -> Result<BTreeMap<String, Known>> {
+        PgLedger::known_specs(self)
+    }
+
+    fn save_known(
+        &mut self,
+        before: &BTreeMap<String, Known>,
+        after: &BTreeMap<String, Known>,
+    ) -> Result<()> {
+        PgLedger::save_known(self, before, after)
+    }
+
+    fn last_successes(&self) -> Result<Vec<Run>> {
+        PgLedger::last_successes(self)
+    }
+
+    fn latest_finished_runs(&self) -> Result<Vec<Run>> {
+        PgLedger::latest_finished_runs(self)
+    }
+
+    /// A round trip to the server (there is no file to check).
+    fn check_integrity(&self) -> Result<()> {
+        self.check_connection()
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "PostgreSQL {} schema {} (replica {})",
+            self.server(),
+            self.schema,
+            self.replica_id
+        )
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    fn claim(&mut self, claims: &[Claim], now: Timestamp) -> Result<Vec<Option<FencingToken>>> {
+        PgLedger::claim(self, claims, now)
+    }
+
+    fn renew_leases(&mut self, held: &[(String, FencingToken)]) -> Result<Vec<String>> {
+        PgLedger::renew_leases(self, held)
+    }
+
+    fn reap_expired(&mut self, now: Timestamp) -> Result<Vec<Run>> {
+        PgLedger::reap_expired(self, now)
+    }
+
+    fn publish_views(&mut self, views: &[SpecView]) -> Result<()> {
+        PgLedger::publish_views(self, views)
+    }
+
+    fn newest_views(&mut self) -> Result<BTreeMap<String, SpecView>> {
+        PgLedger::newest_views(self)
+    }
+
+    fn db_now(&mut self) -> Result<Option<Timestamp>> {
+        PgLedger::db_now(self)
+    }
+
     fn insert_run(&mut self, new: &NewRun, now: Timestamp) -> Result<Inserted> {
         let me = self.replica_id.clone();
         self.write(|tx| {

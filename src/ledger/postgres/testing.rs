@@ -37,7 +37,10 @@ pub(crate) fn available(test: &str) -> bool {
             if std::env::var("CALLD_REQUIRE_POSTGRES").as_deref() == Ok("1") {
                 panic!("CALLD_REQUIRE_POSTGRES=1 but PostgreSQL is unreachable: {e}");
             }
-            eprintln!("SKIP: {test}: PostgreSQL at {} unreachable: {e}", test_url());
+            eprintln!(
+                "SKIP: {test}: PostgreSQL at {} unreachable: {e}",
+                test_url()
+            );
             false
         }
     }

@@ -41,11 +41,18 @@ impl SqliteLedger {
                     Write::Retry { id, due, reason } => {
                         Written::Retried(retry_later_in(&sp, id, *due, reason, now)?)
                     }
-                    Write::Requesting { id, hangup_after } => {
-                        Written::Requesting(mark_requesting_with_in(&sp, id, *hangup_after, now)?)
-                    }
-                    Write::CallOp { id, hang_up } => {
-                        record_call_op_in(&sp, id, *hang_up, now)?;
+                    // one process holds the file: every claim is its own
+                    Write::Requesting {
+                        id,
+                        hangup_after,
+                        claim: _,
+                    } => Written::Requesting(mark_requesting_with_in(&sp, id, *hangup_after, now)?),
+                    Write::CallOp {
+                        id,
+                        hang_up,
+                        expected,
+                    } => {
+                        record_call_op_in(&sp, id, *hang_up, Some(*expected), now)?;
                         Written::CallOp
                     }
                 })
@@ -136,6 +143,7 @@ mod tests {
             .map(|id| Write::Requesting {
                 id: id.clone(),
                 hangup_after: Some(Duration::from_secs(60)),
+                claim: None,
             })
             .collect();
         let out = l.write_batch(&marks, t(10)).unwrap();
@@ -166,15 +174,18 @@ mod tests {
                     Write::Requesting {
                         id: a.id.clone(),
                         hangup_after: None,
+                        claim: None,
                     },
                     Write::Requesting {
                         id: b.id.clone(),
                         hangup_after: None,
+                        claim: None,
                     },
                     // marking `b` twice in one batch: the second is refused
                     Write::Requesting {
                         id: b.id.clone(),
                         hangup_after: None,
+                        claim: None,
                     },
                     Write::Finish {
                         id: "nosuchrun".into(),
@@ -286,10 +297,13 @@ mod tests {
             Op::Requesting(k) => Write::Requesting {
                 id: id(k)?,
                 hangup_after: None,
+                claim: None,
             },
+            // never sent before: a second one for the same call is refused
             Op::Call(k, hang_up) => Write::CallOp {
                 id: id(k)?,
                 hang_up: *hang_up,
+                expected: None,
             },
         })
     }
@@ -308,10 +322,14 @@ mod tests {
             }),
             Write::Finish { id, finish } => l.finish(id, finish, now).map(drop),
             Write::Retry { id, due, reason } => l.retry_later(id, *due, reason, now).map(drop),
-            Write::Requesting { id, hangup_after } => {
-                l.mark_requesting_with(id, *hangup_after, now).map(drop)
-            }
-            Write::CallOp { id, hang_up } => l.record_call_op(id, *hang_up, now),
+            Write::Requesting {
+                id, hangup_after, ..
+            } => l.mark_requesting_with(id, *hangup_after, now).map(drop),
+            Write::CallOp {
+                id,
+                hang_up,
+                expected,
+            } => l.record_call_op_if(id, *hang_up, *expected, now),
         };
         r.map_err(|e| e.to_string())
     }

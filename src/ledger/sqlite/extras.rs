@@ -288,7 +288,20 @@ impl SqliteLedger {
     /// A keepAlive (`hang_up: false`) or hang-up was sent for the run's call
     /// at `at`.
     pub fn record_call_op(&mut self, id: &str, hang_up: bool, at: Timestamp) -> Result<()> {
-        self.write(|tx| record_call_op_in(tx, id, hang_up, at))
+        self.write(|tx| record_call_op_in(tx, id, hang_up, None, at))
+    }
+
+    /// [`SqliteLedger::record_call_op`] as a compare-and-set (what
+    /// [`crate::ledger::Write::CallOp`] does): refused unless the stored
+    /// time of the last such operation is `expected`.
+    pub fn record_call_op_if(
+        &mut self,
+        id: &str,
+        hang_up: bool,
+        expected: Option<Timestamp>,
+        at: Timestamp,
+    ) -> Result<()> {
+        self.write(|tx| record_call_op_in(tx, id, hang_up, Some(expected), at))
     }
 }
 
@@ -315,11 +328,12 @@ pub(super) fn mark_requesting_with_in(
 }
 
 /// The body of [`SqliteLedger::record_call_op`], inside the caller's
-/// transaction.
+/// transaction; with `expected`, a compare-and-set on the stored time.
 pub(super) fn record_call_op_in(
     tx: &Connection,
     id: &str,
     hang_up: bool,
+    expected: Option<Option<Timestamp>>,
     at: Timestamp,
 ) -> Result<()> {
     let (seq, run) = load_required(tx, id)?;
@@ -335,12 +349,30 @@ pub(super) fn record_call_op_in(
         });
     }
     ensure_extras(tx, seq)?;
-    let sql = if hang_up {
-        "UPDATE run_extras SET hangup_requested_at = ?2 WHERE run_seq = ?1"
+    let column = if hang_up {
+        "hangup_requested_at"
     } else {
-        "UPDATE run_extras SET last_keep_alive = ?2 WHERE run_seq = ?1"
+        "last_keep_alive"
     };
-    tx.execute(sql, params![seq, us(at)])?;
+    if let Some(expected) = expected {
+        let stored: Option<i64> = tx.query_row(
+            &format!("SELECT {column} FROM run_extras WHERE run_seq = ?1"),
+            params![seq],
+            |r| r.get(0),
+        )?;
+        if stored != expected.map(us) {
+            return Err(LedgerError::Refused {
+                id: id.to_string(),
+                action: "record a call operation of",
+                status: run.state.to_string(),
+                why: crate::ledger::ALREADY_DONE,
+            });
+        }
+    }
+    tx.execute(
+        &format!("UPDATE run_extras SET {column} = ?2 WHERE run_seq = ?1"),
+        params![seq, us(at)],
+    )?;
     Ok(())
 }
 
