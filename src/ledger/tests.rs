@@ -10,55 +10,7 @@ fn mem() -> SqliteLedger {
     SqliteLedger::open_in_memory().unwrap()
 }
 
-/// What the store tests need beyond the [`Ledger`] trait.
-pub(crate) trait TestStore: Ledger {
-    /// How many attempt rows the store holds (of every run).
-    fn attempt_rows(&self) -> i64;
-}
-
-impl TestStore for SqliteLedger {
-    fn attempt_rows(&self) -> i64 {
-        self.conn_for_tests()
-            .query_row("SELECT COUNT(*) FROM attempts", [], |r| r.get(0))
-            .unwrap()
-    }
-}
-
-impl TestStore for PgLedger {
-    fn attempt_rows(&self) -> i64 {
-        self.client_for_tests()
-            .query_one("SELECT COUNT(*) FROM attempts", &[])
-            .unwrap()
-            .get(0)
-    }
-}
-
-/// One store test, run against each implementation: `fn name(mem) { .. }`
-/// becomes `name::sqlite` and `name::postgres`, each calling `mem()` for a
-/// fresh, empty ledger of its kind (the type is `L` in the body). The
-/// PostgreSQL one uses fresh schemas and skips without a server (see
-/// `ledger::postgres::testing`).
-macro_rules! store_test {
-    ($(#[$m:meta])* fn $name:ident($mk:ident) $body:block) => {
-        mod $name {
-            #[allow(unused_imports)]
-            use super::*;
-
-            #[allow(unused_mut)]
-            fn body<L: TestStore>($mk: &dyn Fn() -> L) $body
-
-            #[test]
-            fn sqlite() {
-                body(&|| SqliteLedger::open_in_memory().unwrap());
-            }
-
-            #[test]
-            fn postgres() {
-                crate::ledger::postgres::testing::with_pg(module_path!(), |mk| body(mk));
-            }
-        }
-    };
-}
+use super::postgres::testing::store_test;
 
 fn new_at(spec: &str, secs: i64) -> NewRun {
     NewRun {
@@ -1397,7 +1349,26 @@ mod properties {
 
         #[test]
         fn random_operations_keep_the_invariants(ops in proptest::collection::vec(op(), 1..60)) {
-            let mut l = mem();
+            keeps_the_invariants(&mut mem(), &ops)?;
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(16))]
+
+        #[test]
+        fn random_operations_keep_the_invariants_on_postgres(
+            ops in proptest::collection::vec(op(), 1..60),
+        ) {
+            if crate::ledger::postgres::testing::pg_available(module_path!()) {
+                let schemas = crate::ledger::postgres::testing::Schemas::default();
+                keeps_the_invariants(&mut schemas.ledger(), &ops)?;
+            }
+        }
+    }
+
+    fn keeps_the_invariants(l: &mut impl Ledger, ops: &[Op]) -> Result<(), TestCaseError> {
+        {
             let mut ids: HashMap<usize, String> = HashMap::new();
             // Per run: successful mark_requesting and retry_later calls.
             let mut requested: HashMap<String, u32> = HashMap::new();
@@ -1405,16 +1376,28 @@ mod properties {
             for (step, op) in ops.iter().enumerate() {
                 let now = t(1000 + step as i64);
                 let k = match op {
-                    Op::Insert(k) | Op::Requesting(k) | Op::Attempt(k) | Op::Placed(k, _)
-                    | Op::Notify(k, _, _) | Op::Retry(k) | Op::Finish(k, _) => *k,
+                    Op::Insert(k)
+                    | Op::Requesting(k)
+                    | Op::Attempt(k)
+                    | Op::Placed(k, _)
+                    | Op::Notify(k, _, _)
+                    | Op::Retry(k)
+                    | Op::Finish(k, _) => *k,
                     Op::Cancel(spec) => *spec,
                 };
                 if let Op::Insert(k) = op {
-                    let new = NewRun { key: key(*k), revision: "r".into(), due: now, tenant_id: None };
+                    let new = NewRun {
+                        key: key(*k),
+                        revision: "r".into(),
+                        due: now,
+                        tenant_id: None,
+                    };
                     let previous = ids.get(k).map(|id| l.run(id).unwrap().unwrap());
                     let got = l.insert_run(&new, now).unwrap();
                     // New, or a canceled run revived.
-                    let revived = previous.as_ref().is_some_and(|r| r.outcome == Some(Outcome::Canceled));
+                    let revived = previous
+                        .as_ref()
+                        .is_some_and(|r| r.outcome == Some(Outcome::Canceled));
                     prop_assert_eq!(got.created, previous.is_none() || revived, "created flag");
                     if revived {
                         prop_assert_eq!(got.run.state, RunState::Scheduled);
@@ -1425,14 +1408,18 @@ mod properties {
                 }
                 if let Op::Cancel(spec) = op {
                     let before: Vec<Run> = l.open_runs().unwrap();
-                    let canceled = l.cancel_scheduled(&format!("s{spec}"), None, "gone", now).unwrap();
+                    let canceled = l
+                        .cancel_scheduled(&format!("s{spec}"), None, "gone", now)
+                        .unwrap();
                     for c in &canceled {
                         let was = before.iter().find(|r| r.id == c.id).unwrap();
                         prop_assert_eq!(was.state, RunState::Scheduled);
                     }
                     continue;
                 }
-                let Some(id) = ids.get(&k).cloned() else { continue };
+                let Some(id) = ids.get(&k).cloned() else {
+                    continue;
+                };
                 let before = l.run(&id).unwrap().unwrap();
                 let call = |c: u8| format!("call-{k}-{c}");
                 let result: Result<()> = match op {
@@ -1452,13 +1439,19 @@ mod properties {
                         // for one case: a call recorded `notEstablished` that
                         // Graph says was established after all (the outcome
                         // follows the states the call reached, docs/runs.md).
-                        if before.state == RunState::Finished && before.outcome != Some(Outcome::Unknown) {
+                        if before.state == RunState::Finished
+                            && before.outcome != Some(Outcome::Unknown)
+                        {
                             if n.change == StateChange::Reopened {
                                 prop_assert_eq!(before.outcome, Some(Outcome::NotEstablished));
                                 prop_assert_eq!(&update.state, &CallState::Established);
                                 prop_assert!(
-                                    matches!(n.run.state, RunState::Established | RunState::Terminating),
-                                    "reopened as {:?}", n.run.state
+                                    matches!(
+                                        n.run.state,
+                                        RunState::Established | RunState::Terminating
+                                    ),
+                                    "reopened as {:?}",
+                                    n.run.state
                                 );
                                 prop_assert_eq!(n.run.outcome, None);
                             } else {
@@ -1475,7 +1468,9 @@ mod properties {
                     Op::Retry(_) => l.retry_later(&id, now, "retry", now).map(|_| {
                         *retried.entry(id.clone()).or_default() += 1;
                     }),
-                    Op::Finish(_, o) => l.finish(&id, &Finish::new(Outcome::ALL[*o]), now).map(drop),
+                    Op::Finish(_, o) => {
+                        l.finish(&id, &Finish::new(Outcome::ALL[*o]), now).map(drop)
+                    }
                     Op::Insert(_) | Op::Cancel(_) => unreachable!(),
                 };
                 let after = l.run(&id).unwrap().unwrap();
@@ -1493,8 +1488,14 @@ mod properties {
                 prop_assert!(req <= 1 + ret, "requested {req} times with {ret} retries");
                 let attempts = l.attempts(&id).unwrap();
                 prop_assert!(attempts.len() as u32 >= req);
-                prop_assert!(attempts.iter().enumerate().all(|(i, a)| a.number == i as u32 + 1));
+                prop_assert!(
+                    attempts
+                        .iter()
+                        .enumerate()
+                        .all(|(i, a)| a.number == i as u32 + 1)
+                );
             }
         }
+        Ok(())
     }
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use rand::Rng;
 
 use super::{PgLedger, PgOptions};
+use crate::ledger::Ledger;
 
 pub(crate) fn test_url() -> String {
     std::env::var("CALLD_TEST_PG_URL")
@@ -44,6 +45,12 @@ pub(crate) fn available(test: &str) -> bool {
             false
         }
     }
+}
+
+/// [`available`], asked once per test binary (property tests ask per case).
+pub(crate) fn pg_available(test: &str) -> bool {
+    static UP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *UP.get_or_init(|| available(test))
 }
 
 pub(crate) fn random_schema() -> String {
@@ -96,3 +103,86 @@ pub(crate) fn with_pg(test: &str, f: impl FnOnce(&dyn Fn() -> PgLedger)) {
     let schemas = Schemas::default();
     f(&|| schemas.ledger());
 }
+
+/// What the store tests need beyond the [`Ledger`] trait.
+pub(crate) trait TestStore: Ledger {
+    /// How many attempt rows the store holds (of every run).
+    fn attempt_rows(&self) -> i64;
+
+    /// The store's `record_call_op_if` (the single method of `Write::CallOp`).
+    fn record_call_op_if(
+        &mut self,
+        id: &str,
+        hang_up: bool,
+        expected: Option<jiff::Timestamp>,
+        at: jiff::Timestamp,
+    ) -> crate::ledger::Result<()>;
+}
+
+impl TestStore for crate::ledger::SqliteLedger {
+    fn record_call_op_if(
+        &mut self,
+        id: &str,
+        hang_up: bool,
+        expected: Option<jiff::Timestamp>,
+        at: jiff::Timestamp,
+    ) -> crate::ledger::Result<()> {
+        crate::ledger::SqliteLedger::record_call_op_if(self, id, hang_up, expected, at)
+    }
+
+    fn attempt_rows(&self) -> i64 {
+        self.conn_for_tests()
+            .query_row("SELECT COUNT(*) FROM attempts", [], |r| r.get(0))
+            .unwrap()
+    }
+}
+
+impl TestStore for super::PgLedger {
+    fn record_call_op_if(
+        &mut self,
+        id: &str,
+        hang_up: bool,
+        expected: Option<jiff::Timestamp>,
+        at: jiff::Timestamp,
+    ) -> crate::ledger::Result<()> {
+        super::PgLedger::record_call_op_if(self, id, hang_up, expected, at)
+    }
+
+    fn attempt_rows(&self) -> i64 {
+        self.client_for_tests()
+            .query_one("SELECT COUNT(*) FROM attempts", &[])
+            .unwrap()
+            .get(0)
+    }
+}
+
+/// One store test, run against each implementation: `fn name(mem) { .. }`
+/// becomes `name::sqlite` and `name::postgres`, each calling `mem()` for a
+/// fresh, empty ledger of its kind (the type is `L` in the body). The
+/// PostgreSQL one uses fresh schemas and skips without a server (see
+/// `ledger::postgres::testing`).
+macro_rules! store_test {
+    ($(#[$m:meta])* fn $name:ident($mk:ident) $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            #[allow(unused_imports)]
+            use $crate::ledger::postgres::testing::TestStore;
+
+            #[allow(unused_mut)]
+            fn body<L: TestStore>($mk: &dyn Fn() -> L) $body
+
+            #[test]
+            fn sqlite() {
+                body(&|| $crate::ledger::SqliteLedger::open_in_memory().unwrap());
+            }
+
+            #[test]
+            fn postgres() {
+                $crate::ledger::postgres::testing::with_pg(module_path!(), |mk| body(mk));
+            }
+        }
+    };
+}
+
+pub(crate) use store_test;

@@ -174,7 +174,10 @@ fn an_expired_lease_can_be_taken_and_the_old_token_is_fenced_off() {
     );
     // a stalls past its lease; b takes the run over
     expire_leases(&a);
-    assert_eq!(a.renew_leases(&[(id.clone(), ta)]).unwrap(), [id.clone()]);
+    assert_eq!(
+        a.renew_leases(&[(id.clone(), ta)]).unwrap(),
+        vec![id.clone()]
+    );
     let tb = b.claim(&[claim(&id, "r1")], now()).unwrap()[0].expect("b wins");
     assert!(tb > ta);
     // a wakes up: its old token is refused, nothing is written
@@ -186,7 +189,10 @@ fn an_expired_lease_can_be_taken_and_the_old_token_is_fenced_off() {
     let out = b.write_batch(&[requesting(&id, Some(tb))], now()).unwrap();
     assert!(matches!(out[0], Ok(Written::Requesting(1))), "{out:?}");
     assert!(b.renew_leases(&[(id.clone(), tb)]).unwrap().is_empty());
-    assert_eq!(a.renew_leases(&[(id.clone(), ta)]).unwrap(), [id.clone()]);
+    assert_eq!(
+        a.renew_leases(&[(id.clone(), ta)]).unwrap(),
+        vec![id.clone()]
+    );
     assert_eq!(b.claimed_runs().unwrap().len(), 1);
     // a token of the right number but another owner is refused too
     let c = due_run(&mut a, "t", "r1", 5);

@@ -103,6 +103,7 @@ mod tests {
 
     use proptest::prelude::*;
 
+    use crate::ledger::postgres::testing::{Schemas, TestStore, pg_available, store_test};
     use crate::ledger::{
         Finish, Ledger, LedgerError, NewRun, Outcome, RunKey, RunState, SqliteLedger, Write,
         Written,
@@ -121,9 +122,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn one_batch_inserts_finishes_and_marks_many_runs() {
-        let mut l = SqliteLedger::open_in_memory().unwrap();
+    store_test! {
+    fn one_batch_inserts_finishes_and_marks_many_runs(mem) {
+        let mut l = mem();
         let inserts: Vec<Write> = (0..300)
             .map(|i| Write::Insert(new_at(&format!("s{i}"), 10)))
             .collect();
@@ -159,10 +160,11 @@ mod tests {
         );
         assert!(open.progress.values().all(|p| p.tries == 1 && p.in_flight));
     }
+    }
 
-    #[test]
-    fn a_refused_write_skips_only_itself() {
-        let mut l = SqliteLedger::open_in_memory().unwrap();
+    store_test! {
+    fn a_refused_write_skips_only_itself(mem) {
+        let mut l = mem();
         let a = l.insert_run(&new_at("a", 10), t(0)).unwrap().run;
         let b = l.insert_run(&new_at("b", 10), t(0)).unwrap().run;
         l.finish(&a.id, &Finish::new(Outcome::Canceled), t(1))
@@ -233,6 +235,7 @@ mod tests {
             )
             .unwrap();
         assert!(matches!(again[0], Ok(Written::Recorded(None))));
+    }
     }
 
     #[test]
@@ -309,7 +312,7 @@ mod tests {
     }
 
     /// The single method a write stands for.
-    fn apply_one(l: &mut SqliteLedger, w: &Write) -> Result<(), String> {
+    fn apply_one(l: &mut impl TestStore, w: &Write) -> Result<(), String> {
         let now = t(50);
         let r = match w {
             Write::Insert(n) => l.insert_run(n, now).map(drop),
@@ -337,7 +340,7 @@ mod tests {
     /// What is stored about each key, without the random ids.
     type Stored = (String, RunState, Option<Outcome>, Option<String>, u32);
 
-    fn stored(l: &SqliteLedger) -> Vec<Stored> {
+    fn stored(l: &impl Ledger) -> Vec<Stored> {
         (0..4u8)
             .filter_map(|k| l.run_by_key(&key(k).key).unwrap())
             .map(|r| {
@@ -347,9 +350,33 @@ mod tests {
             .collect()
     }
 
+    /// A batch does what its writes, applied one by one with the single
+    /// methods, do: the same answers and the same stored runs.
+    fn batch_equals_one_by_one(
+        batched: &mut impl TestStore,
+        single: &mut impl TestStore,
+        first: &[Op],
+        second: &[Op],
+    ) -> Result<(), TestCaseError> {
+        for ops in [first, second] {
+            let ids_b: BTreeMap<u8, String> = (0..4u8)
+                .filter_map(|k| batched.run_by_key(&key(k).key).unwrap().map(|r| (k, r.id)))
+                .collect();
+            let ids_s: BTreeMap<u8, String> = (0..4u8)
+                .filter_map(|k| single.run_by_key(&key(k).key).unwrap().map(|r| (k, r.id)))
+                .collect();
+            let wb: Vec<Write> = ops.iter().filter_map(|o| write_of(o, &ids_b)).collect();
+            let ws: Vec<Write> = ops.iter().filter_map(|o| write_of(o, &ids_s)).collect();
+            let out = batched.write_batch(&wb, t(50)).unwrap();
+            let answers_b: Vec<bool> = out.iter().map(|r| r.is_ok()).collect();
+            let answers_s: Vec<bool> = ws.iter().map(|w| apply_one(single, w).is_ok()).collect();
+            prop_assert_eq!(answers_b, answers_s);
+            prop_assert_eq!(stored(batched), stored(single));
+        }
+        Ok(())
+    }
+
     proptest! {
-        /// A batch does what its writes, applied one by one with the single
-        /// methods, do: the same answers and the same stored runs.
         #[test]
         fn a_batch_equals_its_writes_one_by_one(
             first in proptest::collection::vec(op(), 0..6),
@@ -357,20 +384,25 @@ mod tests {
         ) {
             let mut batched = SqliteLedger::open_in_memory().unwrap();
             let mut single = SqliteLedger::open_in_memory().unwrap();
-            for ops in [&first, &second] {
-                let ids_b: BTreeMap<u8, String> = (0..4u8)
-                    .filter_map(|k| batched.run_by_key(&key(k).key).unwrap().map(|r| (k, r.id)))
-                    .collect();
-                let ids_s: BTreeMap<u8, String> = (0..4u8)
-                    .filter_map(|k| single.run_by_key(&key(k).key).unwrap().map(|r| (k, r.id)))
-                    .collect();
-                let wb: Vec<Write> = ops.iter().filter_map(|o| write_of(o, &ids_b)).collect();
-                let ws: Vec<Write> = ops.iter().filter_map(|o| write_of(o, &ids_s)).collect();
-                let out = batched.write_batch(&wb, t(50)).unwrap();
-                let answers_b: Vec<bool> = out.iter().map(|r| r.is_ok()).collect();
-                let answers_s: Vec<bool> = ws.iter().map(|w| apply_one(&mut single, w).is_ok()).collect();
-                prop_assert_eq!(answers_b, answers_s);
-                prop_assert_eq!(stored(&batched), stored(&single));
+            batch_equals_one_by_one(&mut batched, &mut single, &first, &second)?;
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// The same across the two stores: a PostgreSQL batch does what the
+        /// SQLite single methods do.
+        #[test]
+        fn a_postgres_batch_equals_the_sqlite_writes_one_by_one(
+            first in proptest::collection::vec(op(), 0..6),
+            second in proptest::collection::vec(op(), 0..12),
+        ) {
+            if pg_available(module_path!()) {
+                let schemas = Schemas::default();
+                let mut batched = schemas.ledger();
+                let mut single = SqliteLedger::open_in_memory().unwrap();
+                batch_equals_one_by_one(&mut batched, &mut single, &first, &second)?;
             }
         }
     }

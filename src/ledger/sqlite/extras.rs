@@ -379,13 +379,14 @@ pub(super) fn record_call_op_in(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ledger::postgres::testing::store_test;
     use crate::ledger::{Disposition, Ledger, NewRun, RunKey};
 
     fn t(s: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + s).unwrap()
     }
 
-    fn new_run(l: &mut SqliteLedger) -> String {
+    fn new_run(l: &mut dyn Ledger) -> String {
         let new = NewRun {
             key: RunKey::revision("s", "r1"),
             revision: "r1".into(),
@@ -408,9 +409,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn placed_and_call_id_in_one_write() {
-        let mut l = SqliteLedger::open_in_memory().unwrap();
+    store_test! {
+    fn placed_and_call_id_in_one_write(mem) {
+        let mut l = mem();
         let id = new_run(&mut l);
         let n = l
             .mark_requesting_with(&id, Some(Duration::from_secs(2)), t(1))
@@ -430,10 +431,11 @@ mod tests {
             Some(Duration::from_secs(2))
         );
     }
+    }
 
-    #[test]
-    fn a_refused_end_writes_nothing() {
-        let mut l = SqliteLedger::open_in_memory().unwrap();
+    store_test! {
+    fn a_refused_end_writes_nothing(mem) {
+        let mut l = mem();
         let id = new_run(&mut l);
         let n = l.mark_requesting_with(&id, None, t(1)).unwrap();
         // attempt 2 does not exist: the whole record is undone
@@ -448,10 +450,11 @@ mod tests {
         assert_eq!(run.state, RunState::Requesting);
         assert!(l.attempts(&id).unwrap()[0].disposition.is_none());
     }
+    }
 
-    #[test]
-    fn requeue_goes_back_to_scheduled_with_its_time_and_no_try_spent() {
-        let mut l = SqliteLedger::open_in_memory().unwrap();
+    store_test! {
+    fn requeue_goes_back_to_scheduled_with_its_time_and_no_try_spent(mem) {
+        let mut l = mem();
         let id = new_run(&mut l);
         let n = l.mark_requesting_with(&id, None, t(1)).unwrap();
         let end = CreateEnd::Requeue {
@@ -476,10 +479,11 @@ mod tests {
         let r = l.record_create(&id, n2, &[], &end, t(41)).unwrap();
         assert_eq!(r.not_before, Some(t(43)));
     }
+    }
 
-    #[test]
-    fn waiting_notes_do_not_replace_other_reasons() {
-        let mut l = SqliteLedger::open_in_memory().unwrap();
+    store_test! {
+    fn waiting_notes_do_not_replace_other_reasons(mem) {
+        let mut l = mem();
         let id = new_run(&mut l);
         assert!(l.note_waiting(&id, "token endpoint: down", t(1)).unwrap());
         assert!(!l.note_waiting(&id, "token endpoint: down", t(2)).unwrap());
@@ -487,10 +491,11 @@ mod tests {
         let r = l.run(&id).unwrap().unwrap();
         assert_eq!(r.reason.as_deref(), Some("waiting: token endpoint: other"));
     }
+    }
 
-    #[test]
-    fn call_ops_are_kept() {
-        let mut l = SqliteLedger::open_in_memory().unwrap();
+    store_test! {
+    fn call_ops_are_kept(mem) {
+        let mut l = mem();
         let id = new_run(&mut l);
         l.mark_requesting_with(&id, None, t(1)).unwrap();
         l.record_call_op(&id, false, t(5)).unwrap();
@@ -498,5 +503,6 @@ mod tests {
         let p = l.call_promises().unwrap()[&id];
         assert_eq!(p.last_keep_alive, Some(t(5)));
         assert_eq!(p.hangup_requested_at, Some(t(6)));
+    }
     }
 }
