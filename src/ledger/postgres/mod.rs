@@ -165,7 +165,14 @@ impl Connector {
                 &self.secrets,
             ))
         })?;
-        client.batch_execute(&format!("SET search_path TO {}", self.schema))?;
+        // A replica stopped inside a transaction (SIGSTOP, a stalled VM)
+        // must not hold its row locks for ever: the server ends such a
+        // session; a write waiting for a lock gives up rather than hang.
+        client.batch_execute(&format!(
+            "SET search_path TO {}; SET idle_in_transaction_session_timeout = '15s'; \
+             SET lock_timeout = '10s'",
+            self.schema
+        ))?;
         Ok(client)
     }
 }
@@ -256,7 +263,7 @@ fn tls_connector(
 /// An operator-readable text of a client error: the server's message,
 /// detail and hint, or the I/O cause. Never holds the password (the client
 /// does not echo its configuration).
-fn error_text(e: &postgres::Error) -> String {
+pub(super) fn error_text(e: &postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
         let mut s = format!("{} ({})", db.message(), db.code().code());
         if let Some(d) = db.detail() {

@@ -36,7 +36,10 @@ pub(crate) fn available(test: &str) -> bool {
         Ok(_) => true,
         Err(e) => {
             if std::env::var("CALLD_REQUIRE_POSTGRES").as_deref() == Ok("1") {
-                panic!("CALLD_REQUIRE_POSTGRES=1 but PostgreSQL is unreachable: {e}");
+                panic!(
+                    "CALLD_REQUIRE_POSTGRES=1 but PostgreSQL is unreachable: {}",
+                    super::error_text(&e)
+                );
             }
             eprintln!(
                 "SKIP: {test}: PostgreSQL at {} unreachable: {e}",

@@ -512,3 +512,64 @@ fn tls_is_used_when_asked_and_the_server_is_verified() {
     .unwrap_err();
     assert!(err.to_string().contains("no certificate"), "{err}");
 }
+
+/// Figures, not assertions: `cargo test --lib pg_batch_figures -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn pg_batch_figures() {
+    require_pg!();
+    let schemas = Schemas::default();
+    let schema = schemas.fresh();
+    let mut a = replica(&schema, "a");
+    for n in [100usize, 1000] {
+        let t = ago(5);
+        let inserts: Vec<Write> = (0..n)
+            .map(|i| {
+                Write::Insert(NewRun {
+                    key: RunKey::at(format!("n{n}-s{i}"), t),
+                    revision: "r1".into(),
+                    due: t,
+                    tenant_id: None,
+                })
+            })
+            .collect();
+        let start = std::time::Instant::now();
+        let out = a.write_batch(&inserts, now()).unwrap();
+        let insert = start.elapsed();
+        let ids: Vec<String> = out
+            .into_iter()
+            .map(|r| match r.unwrap() {
+                Written::Inserted(i) => i.run.id,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let claims: Vec<Claim> = ids.iter().map(|id| claim(id, "r1")).collect();
+        let start = std::time::Instant::now();
+        let tokens = a.claim(&claims, now()).unwrap();
+        let claimed = start.elapsed();
+        let marks: Vec<Write> = ids
+            .iter()
+            .zip(&tokens)
+            .map(|(id, t)| requesting(id, *t))
+            .collect();
+        let start = std::time::Instant::now();
+        a.write_batch(&marks, now()).unwrap();
+        let marked = start.elapsed();
+        let start = std::time::Instant::now();
+        let open = a.open_state().unwrap();
+        let read = start.elapsed();
+        let start = std::time::Instant::now();
+        let held: Vec<(String, u64)> = ids
+            .iter()
+            .cloned()
+            .zip(tokens.iter().map(|t| t.unwrap()))
+            .collect();
+        assert!(a.renew_leases(&held).unwrap().is_empty());
+        let renewed = start.elapsed();
+        println!(
+            "PG batch of {n}: insert {insert:?}, claim {claimed:?}, requesting {marked:?}, \
+             renew {renewed:?}, open_state ({} open runs) {read:?}",
+            open.runs.len()
+        );
+    }
+}
