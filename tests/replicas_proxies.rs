@@ -30,3 +30,13 @@ fn cuttable_carries_postgres() {
 fn write_file_sets_the_mtime_before_the_file_appears() {
     self_tests::write_file_sets_the_mtime_before_the_file_appears();
 }
+
+#[test]
+fn harness_drives_a_real_replica_through_the_balancer() {
+    replicas_support::e2e_self_tests::a_replica_is_notified_through_the_balancer(None);
+}
+
+#[test]
+fn harness_drives_a_real_replica_under_libfaketime() {
+    replicas_support::e2e_self_tests::a_replica_is_notified_through_the_balancer(Some("+30s"));
+}

@@ -100,7 +100,11 @@ pub fn pg_or_skip(test: &str) -> Option<postgres::Client> {
 fn pg_addr(url: &str) -> SocketAddr {
     let u = url::Url::parse(url).expect("a postgres:// URL");
     let host = u.host_str().unwrap_or("127.0.0.1");
-    let host = if host == "localhost" { "127.0.0.1" } else { host };
+    let host = if host == "localhost" {
+        "127.0.0.1"
+    } else {
+        host
+    };
     format!("{host}:{}", u.port().unwrap_or(5432))
         .parse()
         .expect("a loopback address")
@@ -434,11 +438,15 @@ impl Drop for Cuttable {
 /// `replicas_skew::faketime_behaves_as_the_harness_assumes` checks it again):
 /// - CLOCK_REALTIME (what `jiff::Timestamp::now()` / SystemTime read) is
 ///   shifted by the offset: the replica's own wall clock is 30 s ahead.
-/// - CLOCK_MONOTONIC is shifted too (by a large constant: it reads about
-///   the faked epoch time), but it advances at the real rate, so durations
-///   measured with `Instant` (the lease check before sending, tokio timers)
-///   are unaffected. The replica must never compare a monotonic reading
-///   with one from another process (it cannot anyway).
+/// - CLOCK_MONOTONIC: by default libfaketime shifts it too (it then reads
+///   about the faked epoch time, advancing at the real rate). That breaks
+///   calld: std's timed waits (`recv_timeout`, `park_timeout`, a Condvar's
+///   `wait_timeout`, as in the file watcher's debouncer) pass an ABSOLUTE
+///   CLOCK_MONOTONIC deadline to futex(2), which the kernel reads on the
+///   real clock, so they wait for decades. The harness therefore sets
+///   `FAKETIME_DONT_FAKE_MONOTONIC=1`: only the wall clock is off, as on a
+///   host whose NTP is broken. `Instant` (the lease check before sending,
+///   tokio's timers) stays true.
 /// - stat()/statx() file times are NOT shifted by this build (its
 ///   FAKE_STAT path is off unless asked for): a skewed replica sees the
 ///   same spec mtimes as the others, so revision agreement by mtime is
@@ -467,6 +475,9 @@ pub fn faketime_env(offset: &str) -> Option<Vec<(String, String)>> {
     Some(vec![
         ("LD_PRELOAD".into(), lib.display().to_string()),
         ("FAKETIME".into(), offset.to_string()),
+        // Only the wall clock is wrong on a skewed host; a faked monotonic
+        // clock also breaks the process (see above).
+        ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
     ])
 }
 
@@ -589,6 +600,10 @@ pub struct Opts {
     pub db_proxies: bool,
     /// `RUST_LOG` of the replicas.
     pub rust_log: String,
+    /// Write the `ledger:` section. Without it each replica keeps its own
+    /// SQLite ledger and no PostgreSQL is needed: only for the harness's
+    /// self-test (one replica), never for two.
+    pub ledger: bool,
 }
 
 impl Default for Opts {
@@ -601,6 +616,7 @@ impl Default for Opts {
             extra_config: String::new(),
             db_proxies: true,
             rust_log: "calld=info,warn".into(),
+            ledger: true,
         }
     }
 }
@@ -764,19 +780,24 @@ pub struct Cluster {
     pub schema: String,
     pub db_url: String,
     pub replicas: Vec<Replica>,
-    pg: Mutex<postgres::Client>,
+    pg: Option<Mutex<postgres::Client>>,
 }
 
 impl Cluster {
     /// Sets the cluster up (nothing started yet); `None` after `SKIP:` when
     /// PostgreSQL is not reachable.
     pub fn new(test: &str, opts: Opts) -> Option<Cluster> {
-        let mut pg = pg_or_skip(test)?;
         let schema = fresh_schema();
-        // The store creates its schema itself (under an advisory lock); a
-        // leftover of the same name is impossible (random), but be sure.
-        pg.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-            .expect("drop a stale schema");
+        let pg = if opts.ledger {
+            let mut pg = pg_or_skip(test)?;
+            // The store creates its schema itself (under an advisory lock);
+            // a leftover of the same name is unlikely (random), but be sure.
+            pg.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                .expect("drop a stale schema");
+            Some(Mutex::new(pg))
+        } else {
+            None
+        };
         let rt = runtime();
         let emu = {
             let config = EmulatorConfig::from_yaml(&opts.emulator).expect("emulator config");
@@ -802,12 +823,21 @@ impl Cluster {
             let port = free_port();
             let admin_port = free_port();
             backends.push(format!("127.0.0.1:{port}").parse().unwrap());
-            let db_proxy = opts.db_proxies.then(|| Cuttable::start(&rt, db_addr));
+            let db_proxy = (opts.ledger && opts.db_proxies).then(|| Cuttable::start(&rt, db_addr));
             let url = match &db_proxy {
                 Some(p) => pg_url_via(&db_url, p.addr()),
                 None => db_url.clone(),
             };
             let config = root.join("calld.yaml");
+            let ledger = if opts.ledger {
+                format!(
+                    "ledger:\n  url: \"{url}\"\n  schema: {schema}\n  replicaId: r{i}\n  lease: {lease}\n  poll: {poll}\n",
+                    lease = opts.lease,
+                    poll = opts.poll,
+                )
+            } else {
+                String::new()
+            };
             let text = format!(
                 "callsDir: {calls}\n\
                  stateDir: {state}\n\
@@ -815,15 +845,13 @@ impl Cluster {
                  callback:\n  listen: 127.0.0.1:{port}\n  publicUrl: http://{lb_addr}/api/calls\n  openIdConfigUrl: {oid}\n  issuers: [{iss}]\n\
                  admin:\n  listen: 127.0.0.1:{admin_port}\n\
                  defaults:\n  tenantId: {TENANT}\n  source: {{ identity: {{ applicationInstance: {{ id: {APP_ID}, displayName: calld test }} }} }}\n\
-                 ledger:\n  url: \"{url}\"\n  schema: {schema}\n  replicaId: r{i}\n  lease: {lease}\n  poll: {poll}\n\
+                 {ledger}\
                  {extra}\n",
                 calls = calls.display(),
                 state = state.display(),
                 base = emu.base_url(),
                 oid = emu.open_id_config_url(),
                 iss = emu.issuer(),
-                lease = opts.lease,
-                poll = opts.poll,
                 extra = opts.extra_config,
             );
             let text = if opts.extra_config.contains("daemon:") {
@@ -857,7 +885,7 @@ impl Cluster {
             schema,
             db_url,
             replicas,
-            pg: Mutex::new(pg),
+            pg,
         })
     }
 
@@ -1109,7 +1137,7 @@ impl Cluster {
 
     /// Runs SQL on the test database (the schema is on the search path).
     pub fn sql(&self, query: &str) -> Vec<postgres::Row> {
-        let mut pg = lock(&self.pg);
+        let mut pg = lock(self.pg.as_ref().expect("Opts::ledger"));
         pg.batch_execute(&format!("SET search_path TO {}, public", self.schema))
             .expect("search_path");
         pg.query(query, &[])
@@ -1118,7 +1146,7 @@ impl Cluster {
 
     /// Like [`Cluster::sql`], `None` on an error (a table not there yet).
     pub fn try_sql(&self, query: &str) -> Option<Vec<postgres::Row>> {
-        let mut pg = lock(&self.pg);
+        let mut pg = lock(self.pg.as_ref()?);
         pg.batch_execute(&format!("SET search_path TO {}, public", self.schema))
             .ok()?;
         pg.query(query, &[]).ok()
@@ -1206,11 +1234,9 @@ impl Drop for Cluster {
         if std::thread::panicking() {
             eprintln!("{}", self.log_tails(60));
         }
-        if std::env::var("CALLD_KEEP_SCHEMA").is_err() {
-            let _ = lock(&self.pg).batch_execute(&format!(
-                "DROP SCHEMA IF EXISTS {} CASCADE",
-                self.schema
-            ));
+        if let (Some(pg), Err(_)) = (&self.pg, std::env::var("CALLD_KEEP_SCHEMA")) {
+            let _ =
+                lock(pg).batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema));
         }
         if let Some(h) = self.emu.take() {
             self.rt.block_on(h.shutdown());
@@ -1430,8 +1456,14 @@ pub mod self_tests {
         let one: i32 = c.query_one("SELECT 1", &[]).unwrap().get(0);
         assert_eq!(one, 1);
         proxy.cut();
-        assert!(c.query_one("SELECT 1", &[]).is_err(), "a query through a cut");
-        assert!(config.connect(postgres::NoTls).is_err(), "connected through a cut");
+        assert!(
+            c.query_one("SELECT 1", &[]).is_err(),
+            "a query through a cut"
+        );
+        assert!(
+            config.connect(postgres::NoTls).is_err(),
+            "connected through a cut"
+        );
         proxy.restore();
         let mut c = config.connect(postgres::NoTls).expect("after restore");
         let two: i32 = c.query_one("SELECT 2", &[]).unwrap().get(0);
@@ -1452,5 +1484,93 @@ pub mod self_tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 1, "no temp file left: {names:?}");
+    }
+}
+
+/// End-to-end self-tests of the harness with the real binary but without
+/// the shared ledger (one replica, its own SQLite): what the scenario tests
+/// rely on besides the replica feature itself.
+pub mod e2e_self_tests {
+    use super::*;
+
+    fn one_replica(faketime: Option<&str>) -> Option<Cluster> {
+        let mut c = Cluster::new(
+            "harness self-test",
+            Opts {
+                replicas: 1,
+                ledger: false,
+                ..Opts::default()
+            },
+        )?;
+        if let Some(offset) = faketime {
+            if !c.set_faketime(0, offset) {
+                faketime_or_skip("harness self-test under libfaketime")?;
+            }
+        }
+        c.start(0);
+        c.wait_ready(0);
+        Some(c)
+    }
+
+    /// The create's callbackUri is the balancer's; the emulator's
+    /// notifications reach the replica through it; the outcome is recorded;
+    /// kill -9, SIGSTOP/SIGCONT and restart work on the real process.
+    pub fn a_replica_is_notified_through_the_balancer(faketime: Option<&str>) {
+        let started = jiff::Timestamp::now();
+        let Some(mut c) = one_replica(faketime) else {
+            return;
+        };
+        if faketime.is_some() {
+            // The replica's log stamps come from its (faked) wall clock: at
+            // least 20 s after the test's clock at its start (+30 s faked;
+            // a slow start only makes the stamp later).
+            let log = c.r(0).log_text();
+            let stamp: jiff::Timestamp = log
+                .split_whitespace()
+                .next()
+                .and_then(|t| t.parse().ok())
+                .unwrap_or_else(|| panic!("no time stamp in the log: {log}"));
+            assert!(
+                stamp >= started + jiff::SignedDuration::from_secs(20),
+                "libfaketime did not move the replica's clock: {stamp} vs {started}"
+            );
+        }
+        c.write_spec(Copies::All, "hello", &spec_yaml("hello", None), None);
+        let creates = c.wait_until("the create", || {
+            let v = c.creates_for("hello");
+            (!v.is_empty()).then_some(v)
+        });
+        let uri = creates[0].body["callbackUri"].as_str().unwrap().to_string();
+        assert!(
+            uri.starts_with(&c.lb.url("/api/calls")),
+            "callbackUri {uri} is not the balancer's"
+        );
+        let run = c.wait_until("the run finished (notifications came through)", || {
+            c.r(0)
+                .history("hello")
+                .into_iter()
+                .find(|r| r["state"] == "finished")
+        });
+        assert_eq!(run["outcome"], "completed", "{run:#}");
+        assert!(
+            c.lb.served()[0] >= 1,
+            "no notification through the balancer"
+        );
+
+        c.sigstop(0);
+        c.wait_until("stopped", || c.r(0).stopped().then_some(()));
+        assert_eq!(c.r(0).readyz(), None, "a stopped process answers nothing");
+        c.sigcont(0);
+        c.wait_ready(0);
+        assert!(!c.r(0).stopped());
+        c.kill9(0);
+        assert!(!c.replicas[0].running());
+        c.start(0);
+        c.wait_ready(0);
+        assert_eq!(
+            c.creates_for("hello").len(),
+            1,
+            "placed again after restart"
+        );
     }
 }
