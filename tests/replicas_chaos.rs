@@ -56,7 +56,7 @@ fn three_replicas_place_every_run_once_through_kills_and_stalls() {
     while Timestamp::now() < end {
         let i = k % c.replicas.len();
         disrupted.insert(c.r(i).id.clone());
-        if k % 2 == 0 {
+        if k.is_multiple_of(2) {
             events.push(format!("{} kill -9 at {}", c.r(i).id, Timestamp::now()));
             c.kill9(i);
             std::thread::sleep(Duration::from_millis(1_000));

@@ -1502,10 +1502,10 @@ pub mod e2e_self_tests {
                 ..Opts::default()
             },
         )?;
-        if let Some(offset) = faketime {
-            if !c.set_faketime(0, offset) {
-                faketime_or_skip("harness self-test under libfaketime")?;
-            }
+        if let Some(offset) = faketime
+            && !c.set_faketime(0, offset)
+        {
+            faketime_or_skip("harness self-test under libfaketime")?;
         }
         c.start(0);
         c.wait_ready(0);
