@@ -24,6 +24,7 @@ pub struct Config {
     pub defaults: Defaults,
     pub log: LogConfig,
     pub daemon: DaemonConfig,
+    pub ledger: LedgerConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -412,6 +413,110 @@ impl Default for DaemonConfig {
             max_call_duration: Duration::from_secs(4 * 3600),
             transient_retry_window: Duration::from_secs(3600),
         }
+    }
+}
+
+/// `ledger:` (issue 13, docs/replicas.md): where runs are recorded. Without
+/// `url`, SQLite in `stateDir` (one daemon). With a PostgreSQL URL, a
+/// database that several replicas share.
+#[derive(Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct LedgerConfig {
+    /// `postgres://user@host:port/db` (also `CALLD_LEDGER_URL`). A password
+    /// in the URL works but is better given by `passwordFile` or
+    /// `passwordCredential`; it is never logged.
+    pub url: Option<String>,
+    /// A file holding the database password.
+    pub password_file: Option<PathBuf>,
+    /// A systemd credential (`LoadCredential=`) holding the database password.
+    pub password_credential: Option<String>,
+    /// The PostgreSQL schema of calld's tables; default `calld`.
+    pub schema: String,
+    /// This replica's name in claims and logs; default `<hostname>-<pid>`.
+    pub replica_id: Option<String>,
+    /// How long a claim holds a run without renewal; default 5s.
+    #[serde(with = "duration_text")]
+    pub lease: Duration,
+    /// How often a replica re-reads the shared ledger when nothing wakes it;
+    /// default 1s.
+    #[serde(with = "duration_text")]
+    pub poll: Duration,
+    /// A CA bundle (PEM) to verify the database's TLS certificate with
+    /// (TLS is used when this is set or the URL says `sslmode=require`).
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig {
+            url: None,
+            password_file: None,
+            password_credential: None,
+            schema: "calld".to_string(),
+            replica_id: None,
+            lease: Duration::from_secs(5),
+            poll: Duration::from_secs(1),
+            ca_file: None,
+        }
+    }
+}
+
+impl fmt::Debug for LedgerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LedgerConfig")
+            .field("url", &self.url.as_deref().map(redact_url))
+            .field("password_file", &self.password_file)
+            .field("password_credential", &self.password_credential)
+            .field("schema", &self.schema)
+            .field("replica_id", &self.replica_id)
+            .field("lease", &self.lease)
+            .field("poll", &self.poll)
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
+}
+
+impl LedgerConfig {
+    /// The database password from `passwordFile` or `passwordCredential`.
+    pub fn password(&self) -> Result<Option<Secret>, String> {
+        if let Some(path) = &self.password_file {
+            return read_secret_file(path, "ledger.passwordFile").map(Some);
+        }
+        if let Some(name) = &self.password_credential {
+            let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
+                format!(
+                    "ledger.passwordCredential: $CREDENTIALS_DIRECTORY is not set \
+                     (use LoadCredential={name}:... in the systemd unit)"
+                )
+            })?;
+            return read_secret_file(&Path::new(&dir).join(name), "ledger.passwordCredential")
+                .map(Some);
+        }
+        Ok(None)
+    }
+
+    /// This replica's id: `replicaId`, else `<hostname>-<pid>`.
+    pub fn replica_id(&self) -> String {
+        self.replica_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "calld".to_string());
+            format!("{host}-{}", std::process::id())
+        })
+    }
+}
+
+/// A URL with any password replaced by `***` (for logs and errors).
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "<unparsable URL>".to_string(),
     }
 }
 

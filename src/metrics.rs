@@ -13,6 +13,10 @@
 //! | `calld_next_run_lag_seconds` | gauge | how late the last placement was vs its due time |
 //! | `calld_calls_up` | gauge | calls currently established |
 //! | `calld_build_info` | gauge (always 1) | `version`, `commit` |
+//! | `calld_claims_total` | counter | `result` (`won`, `lost`): claims of due runs on a shared ledger |
+//! | `calld_lease_renewals_total` | counter | leases of in-flight runs renewed |
+//! | `calld_fenced_requests_total` | counter | requests not sent because the claim's lease ran out |
+//! | `calld_ledger_up` | gauge | 1 while the ledger answers, 0 while it does not |
 //! | `calld_spec_last_success_timestamp_seconds` | gauge | `spec`: scheduled time of its latest `completed` run (0: never) |
 //! | `calld_spec_last_run_timestamp_seconds` | gauge | `spec`: scheduled time of its latest finished run, `canceled` ones aside (0: none) |
 //! | `calld_spec_next_run_timestamp_seconds` | gauge | `spec`: due time of its next planned run (0: none) |
@@ -155,6 +159,10 @@ pub struct Metrics {
     next_run_lag: F64Gauge,
     calls_up: Gauge,
     specs: Arc<SpecFamilies>,
+    claims: Family<ResultLabels, Counter>,
+    lease_renewals: Counter,
+    fenced: Counter,
+    ledger_up: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -257,6 +265,32 @@ impl Metrics {
         let calls_up = Gauge::default();
         registry.register("calls_up", "Calls currently established", calls_up.clone());
 
+        let claims = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "claims",
+            "Claims of due runs on a shared ledger, by result (won, lost)",
+            claims.clone(),
+        );
+        let lease_renewals = Counter::default();
+        registry.register(
+            "lease_renewals",
+            "Leases of in-flight runs renewed",
+            lease_renewals.clone(),
+        );
+        let fenced = Counter::default();
+        registry.register(
+            "fenced_requests",
+            "Create requests not sent because the claim's lease ran out",
+            fenced.clone(),
+        );
+        let ledger_up = Gauge::default();
+        ledger_up.set(1);
+        registry.register(
+            "ledger_up",
+            "1 while the ledger answers, 0 while it does not",
+            ledger_up.clone(),
+        );
+
         let specs = Arc::new(SpecFamilies {
             last_success: Family::default(),
             last_run: Family::default(),
@@ -312,7 +346,39 @@ impl Metrics {
             next_run_lag,
             calls_up,
             specs,
+            claims,
+            lease_renewals,
+            fenced,
+            ledger_up,
         }
+    }
+
+    /// Claims of due runs on a shared ledger: `won` and `lost`.
+    pub fn claims(&self, won: u64, lost: u64) {
+        for (result, n) in [("won", won), ("lost", lost)] {
+            if n > 0 {
+                self.claims
+                    .get_or_create(&ResultLabels {
+                        result: result.to_string(),
+                    })
+                    .inc_by(n);
+            }
+        }
+    }
+
+    /// The lease of an in-flight run was renewed.
+    pub fn lease_renewed(&self) {
+        self.lease_renewals.inc();
+    }
+
+    /// A request was not sent: its claim's lease ran out first.
+    pub fn fenced_request(&self) {
+        self.fenced.inc();
+    }
+
+    /// Whether the ledger answers.
+    pub fn ledger_up(&self, up: bool) {
+        self.ledger_up.set(i64::from(up));
     }
 
     /// Replaces the per-spec series with `rows` (one per current spec; at

@@ -65,6 +65,19 @@ pub fn open_source(
     if let Some(d) = state_dir {
         cfg.state_dir = Some(d.to_path_buf());
     }
+    if let Some(url) = cfg.ledger.url.clone() {
+        // a shared ledger (replicas): read it; the spec report is this
+        // machine's replica's
+        let opened = crate::daemon::store::pg_options(&cfg.ledger, url.clone())
+            .and_then(|o| crate::daemon::store::connect_pg(&o).map_err(anyhow::Error::new));
+        return match opened {
+            Ok(l) => Ok(Source::Local(l, cfg.state_dir())),
+            Err(e) => {
+                eprintln!("calld: ledger {}: {e:#}", crate::config::redact_url(&url));
+                Err(2)
+            }
+        };
+    }
     let named = cfg.state_dir.is_some() || std::env::var_os("STATE_DIRECTORY").is_some();
     let dir = cfg.state_dir();
     let path = dir.join(LEDGER_FILE);

@@ -347,3 +347,119 @@ fn kubernetes_manifests_parse_and_their_config_and_spec_are_valid() {
     );
     assert_eq!(code, 0, "{out}{err}");
 }
+
+/// Issue 13: `examples/kubernetes/replicas/calld.yaml`, two replicas on a
+/// shared PostgreSQL ledger, each pod with its own git-sync checkout.
+#[test]
+fn kubernetes_replicas_manifest_is_consistent() {
+    let rel = "examples/kubernetes/replicas/calld.yaml";
+    let docs = yaml_docs(rel);
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        ["ConfigMap", "Deployment", "Service", "PodDisruptionBudget"]
+    );
+    let (cm, deploy, svc, pdb) = (&docs[0], &docs[1], &docs[2], &docs[3]);
+
+    // The configuration: valid, a ledger section without any secret in it.
+    let text = cm["data"]["calld.yaml"].as_str().unwrap();
+    let config = Config::from_yaml(text).unwrap_or_else(|e| panic!("{rel}: calld.yaml: {e}"));
+    assert_eq!(
+        config.calls_dir.as_deref(),
+        Some(Path::new("/git/current/calls.d"))
+    );
+    let cfg: Value = serde_saphyr::from_str(text).unwrap();
+    let ledger = &cfg["ledger"];
+    assert!(ledger.is_object(), "no ledger section: {cfg}");
+    assert!(ledger["url"].is_null(), "the URL comes from the Secret");
+    let password_file = ledger["passwordFile"].as_str().unwrap();
+    assert!(!text.to_lowercase().contains("password:"), "{text}");
+
+    // Two replicas that roll (no Recreate), never fewer than one ready.
+    assert_eq!(deploy["spec"]["replicas"], 2);
+    assert_ne!(deploy["spec"]["strategy"]["type"], "Recreate");
+    let labels = &deploy["spec"]["template"]["metadata"]["labels"];
+    assert_eq!(&deploy["spec"]["selector"]["matchLabels"], labels);
+    let pod = &deploy["spec"]["template"]["spec"];
+    let containers = pod["containers"].as_array().unwrap();
+    let names: Vec<&str> = containers
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["calld", "git-sync"]);
+    let (calld, git_sync) = (&containers[0], &containers[1]);
+
+    // git-sync and calld share an emptyDir; calld reads it read-only.
+    let volume = |name: &str| -> &Value {
+        pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("no volume {name}"))
+    };
+    let mount = |c: &Value, path_prefix: &str| -> Value {
+        c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| path_prefix.starts_with(m["mountPath"].as_str().unwrap()))
+            .cloned()
+            .unwrap_or_else(|| panic!("{} mounts nothing at {path_prefix}", c["name"]))
+    };
+    let git_mount = mount(calld, "/git/current/calls.d");
+    assert_eq!(git_mount["readOnly"], true);
+    assert!(volume(git_mount["name"].as_str().unwrap())["emptyDir"].is_object());
+    assert_eq!(mount(git_sync, "/git")["name"], git_mount["name"]);
+    assert!(
+        git_sync["args"].to_string().contains("--link=current"),
+        "{}",
+        git_sync["args"]
+    );
+
+    // The ledger URL from a Secret; the password file on a mounted Secret.
+    let env = calld["env"].as_array().unwrap();
+    let url = env
+        .iter()
+        .find(|e| e["name"] == "CALLD_LEDGER_URL")
+        .expect("CALLD_LEDGER_URL");
+    assert!(url["value"].is_null(), "the URL is not inline");
+    let secret = url["valueFrom"]["secretKeyRef"]["name"].as_str().unwrap();
+    let cred_mount = mount(calld, password_file);
+    assert_eq!(cred_mount["readOnly"], true);
+    let file = Path::new(password_file)
+        .strip_prefix(cred_mount["mountPath"].as_str().unwrap())
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let cred = volume(cred_mount["name"].as_str().unwrap()).to_string();
+    assert!(
+        cred.contains(secret) && cred.contains(&file),
+        "{password_file} is not the Secret {secret}: {cred}"
+    );
+
+    // Readiness on /readyz (false while the database is unreachable).
+    assert_eq!(calld["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(calld["livenessProbe"]["httpGet"]["path"], "/healthz");
+
+    // The Service reaches the callback listener of every pod.
+    assert_eq!(&svc["spec"]["selector"], labels);
+    let target = svc["spec"]["ports"][0]["targetPort"].as_str().unwrap();
+    let port = calld["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == target)
+        .unwrap_or_else(|| panic!("no container port {target}"));
+    let listen = cfg["callback"]["listen"].as_str().unwrap();
+    assert!(
+        listen.ends_with(&format!(":{}", port["containerPort"])),
+        "{listen} vs {port}"
+    );
+
+    // Disruptions keep one pod.
+    assert_eq!(pdb["apiVersion"], "policy/v1");
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+    assert_eq!(&pdb["spec"]["selector"]["matchLabels"], labels);
+}

@@ -175,14 +175,20 @@ impl Controller {
             return;
         }
         let now = crate::clock::now();
+        // A shared ledger: only the runs this replica claims are its own.
+        let tokens = self.claim_due(&mut chosen, now).await;
+        if chosen.is_empty() {
+            return;
+        }
         // The run rows say `requesting` on disk before any request leaves,
-        // each with its call's promise (its hangupAfter as placed).
+        // each with its call's promise (its hangupAfter as placed) and, on a
+        // shared ledger, its claim's fencing token.
         let writes: Vec<Write> = chosen
             .iter()
             .map(|(id, spec)| Write::Requesting {
                 id: id.clone(),
                 hangup_after: spec.hangup_after,
-                claim: None,
+                claim: tokens.get(id).copied(),
             })
             .collect();
         let res = with_ledger(&self.rt.ledger, move |l| l.write_batch(&writes, now)).await;
@@ -199,9 +205,89 @@ impl Controller {
                 Ok(other) => {
                     tracing::error!(answer = ?other, "unexpected answer to a ledger write")
                 }
-                Err(e) => tracing::debug!(error = %e, "action skipped"),
+                Err(e) => {
+                    if let Some(r) = &self.replica {
+                        // the claim's lease ran out and another replica
+                        // took the run (this one stalled): fenced
+                        r.claims
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&id);
+                        tracing::warn!(run = %id, error = %e, "not sent: the claim was lost before the run was marked requesting (fenced)");
+                        self.rt.metrics.fenced_request();
+                    } else {
+                        tracing::debug!(error = %e, "action skipped")
+                    }
+                }
             }
         }
+    }
+
+    /// Claims the chosen due runs on a shared ledger and keeps the won ones
+    /// (with their fencing tokens); every run is this process's own on a
+    /// local ledger. A claim is timed by the store's clock.
+    async fn claim_due(
+        &mut self,
+        chosen: &mut Vec<(String, Spec)>,
+        now: jiff::Timestamp,
+    ) -> HashMap<String, ledger::FencingToken> {
+        if self.replica.is_none() {
+            return HashMap::new();
+        }
+        let claims: Vec<ledger::Claim> = chosen
+            .iter()
+            .map(|(id, spec)| ledger::Claim {
+                id: id.clone(),
+                revision: spec.revision.clone(),
+            })
+            .collect();
+        // the lease counts from before the claim was asked for
+        let since = std::time::Instant::now();
+        let res = with_ledger(&self.rt.ledger, move |l| l.claim(&claims, now)).await;
+        let tokens = match res {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, count = chosen.len(), "cannot claim due runs; nothing was sent");
+                let _ = self.ledger_trouble(e);
+                chosen.clear();
+                return HashMap::new();
+            }
+        };
+        let asked = chosen.len();
+        let mut won = HashMap::new();
+        let mut kept = Vec::new();
+        for ((id, spec), token) in std::mem::take(chosen).into_iter().zip(tokens) {
+            match token {
+                Some(t) => {
+                    won.insert(id.clone(), t);
+                    kept.push((id, spec));
+                }
+                None => {
+                    tracing::debug!(run = %id, "claim lost: another replica holds the run, or it moved")
+                }
+            }
+        }
+        let r = self.replica.as_mut().expect("checked above");
+        self.rt
+            .metrics
+            .claims(won.len() as u64, (asked - won.len()) as u64);
+        {
+            let mut held = r.claims.lock().unwrap_or_else(|p| p.into_inner());
+            for (id, token) in &won {
+                held.insert(
+                    id.clone(),
+                    super::replica::Held {
+                        token: *token,
+                        since,
+                    },
+                );
+            }
+        }
+        for (_, spec) in &kept {
+            r.after_claim(&spec.name);
+        }
+        *chosen = kept;
+        won
     }
 
     /// Sends the keepAlive or hang-up of an action (its record is written).

@@ -16,7 +16,9 @@
 mod batch;
 mod identity;
 mod logs;
+pub(crate) mod replica;
 mod setup;
+pub(crate) mod store;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
@@ -142,6 +144,10 @@ pub(crate) struct Controller {
     /// The call promises as the last decision read them from the ledger
     /// (the expected values of its keepAlive/hang-up compare-and-sets).
     stored_promises: batch::Promises,
+    /// Set when the ledger is shared by replicas (docs/replicas.md).
+    pub(crate) replica: Option<replica::Replica>,
+    /// The specs left to another replica's newer copy at the last decision.
+    superseded_now: BTreeMap<String, String>,
 }
 
 /// How the controller loop ended.
@@ -174,6 +180,8 @@ impl Controller {
             identity_cache: None,
             loader: crate::spec::IncrementalSet::new(),
             stored_promises: Default::default(),
+            replica: None,
+            superseded_now: BTreeMap::new(),
         }
     }
 
@@ -262,6 +270,14 @@ impl Controller {
     pub(crate) async fn decide(&mut self) -> anyhow::Result<Option<Timestamp>> {
         let now = crate::clock::now();
         self.deferred = false;
+        // A shared ledger: first this replica's part of the common memory
+        // (replica.rs): runs whose replica died mid-request become
+        // `unknown`, this copy's changed views are published, the newest
+        // views are read.
+        let superseded = match self.replica_step(now).await {
+            Ok(s) => s,
+            Err(e) => return Err(self.ledger_trouble(e)),
+        };
         // One snapshot of the open runs (one batched read).
         let read = |l: &mut dyn Ledger| l.open_state();
         let ledger::OpenState {
@@ -270,9 +286,35 @@ impl Controller {
             mut latest,
             mut last_slots,
             mut promises,
-        } = with_ledger(&self.rt.ledger, read).await?;
+        } = match with_ledger(&self.rt.ledger, read).await {
+            Ok(s) => s,
+            Err(e) => return Err(self.ledger_trouble(e)),
+        };
         // Renames, held names, upgrades: before the decision (docs/runs.md).
-        let ident = self.identity_step(now, &runs, &latest, &last_slots).await?;
+        let mut ident = self.identity_step(now, &runs, &latest, &last_slots).await?;
+        if let Some(r) = &mut self.replica
+            && r.problem.take().is_some()
+        {
+            tracing::info!("the shared ledger answers again");
+            self.rt.metrics.ledger_up(true);
+        }
+        let left_to_others: BTreeSet<String> = superseded.keys().cloned().collect();
+        self.note_superseded(superseded);
+        // another replica's newer copy: neither placed nor canceled here
+        let filtered;
+        let specs = if left_to_others.is_empty() {
+            &self.specs.specs
+        } else {
+            ident.held.extend(left_to_others.iter().cloned());
+            filtered = self
+                .specs
+                .specs
+                .iter()
+                .filter(|(n, _)| !left_to_others.contains(*n))
+                .map(|(n, s)| (n.clone(), s.clone()))
+                .collect::<BTreeMap<_, _>>();
+            &filtered
+        };
         if ident.ledger_changed {
             ledger::OpenState {
                 runs,
@@ -305,7 +347,7 @@ impl Controller {
         let blocked = self.rt.sandbox_callback.is_none() && (health.blocked() || !health.checked);
         let input = reconcile::Input {
             now,
-            specs: &self.specs.specs,
+            specs,
             held: &ident.held,
             runs: &runs,
             progress: &progress,
@@ -348,6 +390,88 @@ impl Controller {
             (a, b) => a.or(b),
         };
         Ok(wake)
+    }
+
+    /// A shared ledger's part of a decision (nothing for SQLite): reaps the
+    /// runs whose replica died mid-request, publishes this copy's changed
+    /// views and reads the newest ones. Returns the specs to leave to
+    /// another replica's newer copy, with why.
+    async fn replica_step(&mut self, now: Timestamp) -> ledger::Result<BTreeMap<String, String>> {
+        let Some(r) = &self.replica else {
+            return Ok(BTreeMap::new());
+        };
+        // nothing is published before the calls directory was read once
+        let views = if self.dir_known {
+            let held: BTreeSet<String> = self.held_now.keys().cloned().collect();
+            r.views_to_publish(&self.specs.specs, &held, &self.rt.calls_dir, now)
+        } else {
+            Vec::new()
+        };
+        let (reaped, newest, views) = with_ledger(&self.rt.ledger, move |l| {
+            let reaped = l.reap_expired(now)?;
+            if !views.is_empty() {
+                l.publish_views(&views)?;
+            }
+            Ok((reaped, l.newest_views()?, views))
+        })
+        .await?;
+        for run in &reaped {
+            log_outcome(run, Outcome::Unknown, run.reason.as_deref().unwrap_or(""));
+            self.rt.metrics.run_finished(Outcome::Unknown.as_str());
+        }
+        let r = self.replica.as_mut().expect("checked above");
+        r.published(views);
+        r.newest = newest;
+        Ok(r.superseded(&self.specs.specs))
+    }
+
+    /// The ledger failed a decision: with a shared ledger the daemon stays
+    /// up, not ready, placing nothing, until it answers again (the runs
+    /// wait within their deadlines); a local ledger's failure is fatal.
+    fn ledger_trouble(&mut self, e: ledger::LedgerError) -> anyhow::Error {
+        let e = anyhow::Error::new(e);
+        self.note_ledger_error(&e);
+        e
+    }
+
+    /// Notes (once per distinct error) that the shared ledger failed.
+    pub(crate) fn note_ledger_error(&mut self, e: &anyhow::Error) {
+        if let Some(r) = &mut self.replica {
+            let why = format!("ledger unreachable: {e:#}");
+            if r.problem.as_deref() != Some(why.as_str()) {
+                tracing::warn!(error = %format!("{e:#}"), "the shared ledger is unreachable: placing nothing until it answers");
+            }
+            r.problem = Some(why);
+            self.rt.metrics.ledger_up(false);
+        }
+    }
+
+    /// Whether the ledger is shared by replicas.
+    pub(crate) fn is_shared(&self) -> bool {
+        self.replica.is_some()
+    }
+
+    /// Why the shared ledger cannot be used now, if so.
+    pub(crate) fn ledger_problem(&self) -> Option<String> {
+        self.replica.as_ref().and_then(|r| r.problem.clone())
+    }
+
+    /// The specs left to another replica's newer copy, for the spec
+    /// report (`calld status` shows them held, with why).
+    fn note_superseded(&mut self, superseded: BTreeMap<String, String>) {
+        if superseded == self.superseded_now {
+            return;
+        }
+        for name in self.superseded_now.keys() {
+            self.held_now.remove(name);
+        }
+        self.held_now
+            .extend(superseded.iter().map(|(k, v)| (k.clone(), v.clone())));
+        if !superseded.is_empty() || !self.superseded_now.is_empty() {
+            tracing::info!(specs = ?superseded.keys().collect::<Vec<_>>(), "specs left to another replica's newer copy");
+        }
+        self.superseded_now = superseded;
+        self.write_specs_report();
     }
 
     /// Nothing can be placed (no token): the due `scheduled` runs say why
@@ -434,7 +558,35 @@ impl Controller {
         let events = self.events_tx.clone();
         let metrics = self.rt.metrics.clone();
         tracing::info!(run = %id, spec = %spec.name, attempt, "placing call");
+        let fence = self.replica.as_ref().map(|r| (r.claims.clone(), r.lease));
         tokio::spawn(async move {
+            // A shared ledger: the request leaves only while the claim's
+            // lease certainly holds by this machine's own clock (a process
+            // that stalled since the claim sends nothing: another replica
+            // may hold the run now).
+            if let Some((claims, lease)) = &fence
+                && !replica::Replica::lease_holds(claims, &id, *lease)
+            {
+                tracing::warn!(run = %id, "not sent: the claim's lease ran out before the request left (fenced); the run goes back to scheduled");
+                metrics.fenced_request();
+                let end = ledger::CreateEnd::Requeue {
+                    retry_after: Some(Duration::ZERO),
+                    error: "the claim's lease ran out before the request left".into(),
+                };
+                let rid = id.clone();
+                let _ = with_ledger(&ledger, move |l| {
+                    l.record_create(&rid, attempt, &[], &end, crate::clock::now())
+                })
+                .await;
+                claims.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                let _ = events
+                    .send(Event::Placed {
+                        run: id,
+                        outcome: "fenced",
+                    })
+                    .await;
+                return;
+            }
             let result = client.create_call_once(&url, &body).await;
             test_hook_stall_after_create().await;
             for a in &result.attempts {
@@ -448,6 +600,9 @@ impl Controller {
             let outcome = result.outcome.as_str();
             if let Err(e) = record_create(&ledger, &id, attempt, &spec, result).await {
                 tracing::error!(run = %id, error = %e, "cannot record the create result");
+            }
+            if let Some((claims, _)) = &fence {
+                claims.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
             }
             let _ = events.send(Event::Placed { run: id, outcome }).await;
         });

@@ -18,7 +18,6 @@ use crate::graph::auth::token_url;
 use crate::graph::{
     Credential, GraphClient, GraphClientOptions, TokenSource, TokenSourceConfig, http_client,
 };
-use crate::ledger::SqliteLedger;
 use crate::source::{SourceOptions, watch as watch_dir};
 
 /// `calld run` arguments.
@@ -54,6 +53,9 @@ pub fn apply_env_overrides(
     }
     if let Some(v) = env("CALLD_STATE_DIR") {
         config.state_dir = Some(v.into());
+    }
+    if let Some(v) = env("CALLD_LEDGER_URL") {
+        config.ledger.url = Some(v);
     }
     if let Some(v) = env("CALLD_GRAPH_MODE") {
         config.graph.mode = Some(match v.as_str() {
@@ -184,19 +186,11 @@ async fn run_async(
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("cannot create the state directory {}", state_dir.display()))?;
     let calls_dir = config.calls_dir();
-    let ledger_dir = state_dir.clone();
-    let ledger = tokio::task::spawn_blocking(move || {
-        SqliteLedger::open_in(&ledger_dir, crate::clock::now())
-    })
-    .await
-    .expect("ledger open task")?;
-    for id in ledger.recovered() {
-        tracing::warn!(run = %id, outcome = "unknown", "run was in flight when the daemon stopped; recorded as unknown (never re-sent)");
-    }
-    let ledger: super::Store = Box::new(ledger);
+    let ledger = super::store::open_store(&config.ledger, &state_dir).await?;
     let ledger = Arc::new(Mutex::new(ledger));
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let shutdown_rx_keeper = shutdown_rx.clone();
     let shutdown = move || {
         let mut rx = shutdown_rx.clone();
         async move {
@@ -350,6 +344,19 @@ async fn run_async(
         once,
     };
     let mut controller = Controller::new(rt, events_tx);
+    if ledger.lock().unwrap_or_else(|p| p.into_inner()).is_shared() {
+        let cfg = &controller.rt.config.ledger;
+        let r = super::replica::Replica::new(cfg.replica_id(), cfg.lease, cfg.poll);
+        tracing::info!(replica = %r.id, lease = ?r.lease, poll = ?r.poll, "replica on a shared ledger: due runs are claimed (docs/replicas.md)");
+        super::replica::spawn_lease_keeper(
+            ledger.clone(),
+            r.claims.clone(),
+            r.lease,
+            controller.rt.metrics.clone(),
+            shutdown_rx_keeper.clone(),
+        );
+        controller.replica = Some(r);
+    }
     let first = snapshots.borrow_and_update().clone();
     if let (Some(e), true) = (&first.root_error, once.is_some()) {
         // a CI job with a path typo must not pass
@@ -391,7 +398,16 @@ async fn run_async(
     }
     let mut listener_counts = crate::callback::CallbackCounts::default();
     let exit = loop {
-        let wake = controller.decide().await?;
+        let wake = match controller.decide().await {
+            Ok(w) => w,
+            // a shared ledger that does not answer: not ready, nothing
+            // placed, tried again at the next poll (decide logged it)
+            Err(e) if controller.is_shared() => {
+                controller.note_ledger_error(&e);
+                None
+            }
+            Err(e) => return Err(e),
+        };
         sync_listener_counts(
             &controller.rt.metrics,
             &callback_stats.snapshot(),
@@ -418,9 +434,13 @@ async fn run_async(
             let health = keeper.health();
             // ... and the calls directory read once (docs/runs.md: unknown is
             // not empty).
-            let now_ready = controller.dir_known && (sandbox || health.ok);
+            let ledger_problem = controller.ledger_problem();
+            let now_ready =
+                controller.dir_known && (sandbox || health.ok) && ledger_problem.is_none();
             let reason = if !controller.dir_known {
                 Some(DIR_NOT_READ.to_string())
+            } else if ledger_problem.is_some() {
+                ledger_problem
             } else {
                 health.problem.as_ref().map(|p| p.describe())
             };
@@ -456,6 +476,10 @@ async fn run_async(
             })
             .unwrap_or(Duration::from_secs(3600));
         let mut sleep_until = tokio::time::Instant::now() + sleep_for;
+        if let Some(r) = &controller.replica {
+            // other replicas change the shared ledger: look again soon
+            sleep_until = sleep_until.min(tokio::time::Instant::now() + r.poll);
+        }
         if let Some(d) = once_deadline {
             sleep_until = sleep_until.min(d);
         }

@@ -302,7 +302,7 @@ impl PgLedger {
         let _ = now;
         let connector = Connector::new(opts)?;
         let mut client = connector.connect()?;
-        schema::migrate(&mut client, &opts.schema)?;
+        schema::migrate(&mut client, &connector.describe, &opts.schema)?;
         let found = schema::stored_version(&mut client)?;
         if found != PG_SCHEMA_VERSION {
             return Err(LedgerError::Postgres(format!(

@@ -138,7 +138,7 @@ pub(super) fn valid_schema_name(name: &str) -> bool {
 
 /// Creates the schema or migrates it to [`PG_SCHEMA_VERSION`], in one
 /// transaction holding an advisory lock keyed by the schema name.
-pub(super) fn migrate(client: &mut postgres::Client, schema: &str) -> Result<()> {
+pub(super) fn migrate(client: &mut postgres::Client, where_: &str, schema: &str) -> Result<()> {
     let mut tx = client.transaction()?;
     // Class 0x63616c6c ("call"), object: the schema name's hash.
     tx.execute(
@@ -155,10 +155,11 @@ pub(super) fn migrate(client: &mut postgres::Client, schema: &str) -> Result<()>
         .map(|r| r.get(0))
         .unwrap_or(0);
     if version > PG_SCHEMA_VERSION {
-        return Err(LedgerError::Postgres(format!(
-            "the ledger schema {schema:?} has version {version}, newer than this calld \
-             supports ({PG_SCHEMA_VERSION}); run a newer calld"
-        )));
+        return Err(LedgerError::TooNew {
+            path: std::path::PathBuf::from(format!("{where_} schema {schema}")),
+            found: version,
+            supported: PG_SCHEMA_VERSION,
+        });
     }
     for sql in MIGRATIONS.iter().skip(version as usize) {
         tx.batch_execute(sql)?;
