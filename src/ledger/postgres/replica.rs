@@ -28,6 +28,12 @@ impl PgLedger {
     /// `claim.revision`, and the newest shared view of its spec has that
     /// revision (or the spec has no view). The lease runs until `db now +
     /// lease`.
+    ///
+    /// One exception to "planned from `claim.revision`": a time-slot (or
+    /// triggered) run planned from an older revision is claimed by a
+    /// replica whose revision the newest view confirms, and takes that
+    /// revision (the slot is the same; SQLite places it with the spec as it
+    /// is now, too). A revision slot is its revision: never re-labelled.
     pub fn claim(&mut self, claims: &[Claim], now: Timestamp) -> Result<Vec<Option<FencingToken>>> {
         let _ = now;
         if claims.is_empty() {
@@ -45,12 +51,15 @@ impl PgLedger {
                 let c = &claims[i];
                 let row = tx.query_opt(
                     "UPDATE runs r SET claim_owner = $2, claim_token = nextval('claim_tokens'), \
-                        lease_until = now() + ($3::bigint * interval '1 microsecond') \
-                     WHERE r.id = $1 AND r.state = 'scheduled' AND r.revision = $4 \
+                        lease_until = now() + ($3::bigint * interval '1 microsecond'), \
+                        revision = $4 \
+                     WHERE r.id = $1 AND r.state = 'scheduled' \
                        AND r.due_at <= (extract(epoch from now()) * 1000000)::bigint + $5::bigint \
                        AND (r.lease_until IS NULL OR r.lease_until <= now() OR r.claim_owner = $2) \
                        AND NOT EXISTS (SELECT 1 FROM spec_views v WHERE v.spec = r.spec \
                                        AND v.revision IS DISTINCT FROM $4) \
+                       AND (r.revision = $4 OR (r.slot NOT LIKE 'rev:%' AND EXISTS \
+                            (SELECT 1 FROM spec_views v WHERE v.spec = r.spec AND v.revision = $4))) \
                      RETURNING r.claim_token",
                     &[&c.id, &me.replica, &lease, &c.revision, &DUE_TOLERANCE_US],
                 )?;

@@ -298,6 +298,37 @@ fn the_newest_view_wins_and_a_superseded_revision_is_not_claimed() {
     assert_eq!(b.newest_views().unwrap()["s"].revision, None);
     expire_leases(&a);
     assert_eq!(b.claim(&[claim(&id, "r1")], now()).unwrap(), [None]);
+    // a time slot planned from an older revision goes to the replica whose
+    // revision is the newest view, and takes that revision; a revision
+    // slot never changes revision
+    let at = due_run(&mut a, "edited", "old", 5);
+    let once = a
+        .insert_run(
+            &NewRun {
+                key: RunKey::revision("edited", "old"),
+                revision: "old".into(),
+                due: ago(5),
+                tenant_id: None,
+            },
+            now(),
+        )
+        .unwrap()
+        .run
+        .id;
+    let edited = |rev: &str, secs: i64| SpecView {
+        spec: "edited".into(),
+        revision: Some(rev.into()),
+        mtime: Timestamp::from_second(1_800_000_000 + secs).unwrap(),
+    };
+    a.publish_views(&[edited("old", 1)]).unwrap();
+    b.publish_views(&[edited("new", 2)]).unwrap();
+    assert_eq!(a.claim(&[claim(&at, "old")], now()).unwrap(), [None]);
+    let got = b
+        .claim(&[claim(&at, "new"), claim(&once, "new")], now())
+        .unwrap();
+    assert!(got[0].is_some() && got[1].is_none(), "{got:?}");
+    assert_eq!(b.run(&at).unwrap().unwrap().revision, "new");
+    assert_eq!(b.run(&once).unwrap().unwrap().revision, "old");
     // a spec without a view row is claimed freely
     let other = due_run(&mut a, "other", "x", 5);
     assert!(b.claim(&[claim(&other, "x")], now()).unwrap()[0].is_some());
