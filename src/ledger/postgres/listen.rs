@@ -35,13 +35,33 @@ impl PgListener {
         Ok(PgListener { client, connector })
     }
 
-    /// Waits up to `timeout` for the next notification: `Ok(Some(payload))`
-    /// (`"<what> <replica id>"`), `Ok(None)` on timeout. An error means the
+    /// Waits up to `timeout` for the next notification about this schema:
+    /// `Ok(Some("<what> <replica id>"))`, `Ok(None)` on timeout. An error means the
     /// connection broke: call [`PgListener::reconnect`] (or connect anew).
     pub fn wait(&mut self, timeout: Duration) -> Result<Option<String>> {
-        let mut n = self.client.notifications();
-        let mut it = n.timeout_iter(timeout);
-        Ok(it.next()?.map(|n| n.payload().to_string()))
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let mut n = self.client.notifications();
+            let mut it = n.timeout_iter(left);
+            match it.next()? {
+                None => return Ok(None),
+                Some(n) => {
+                    if let Some(p) = Self::ours(&self.connector.schema, n.payload()) {
+                        return Ok(Some(p));
+                    }
+                }
+            }
+        }
+    }
+
+    /// `<what> <replica>` of a payload about `schema`.
+    fn ours(schema_: &str, payload: &str) -> Option<String> {
+        let mut parts = payload.splitn(3, ' ');
+        let what = parts.next()?;
+        let schema = parts.next()?;
+        let replica = parts.next().unwrap_or("");
+        (schema == schema_).then(|| format!("{what} {replica}"))
     }
 
     /// Drains the notifications already received, without waiting:
@@ -50,8 +70,10 @@ impl PgListener {
         let mut n = self.client.notifications();
         let mut it = n.iter();
         let mut count = 0;
-        while it.next()?.is_some() {
-            count += 1;
+        while let Some(n) = it.next()? {
+            if Self::ours(&self.connector.schema, n.payload()).is_some() {
+                count += 1;
+            }
         }
         Ok(count)
     }

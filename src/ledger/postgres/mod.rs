@@ -22,6 +22,7 @@ use postgres::{Client, Config, NoTls};
 
 use super::{LedgerError, Result};
 
+mod cache;
 mod listen;
 mod replica;
 mod schema;
@@ -36,7 +37,8 @@ pub use replica::reaped_reason;
 pub use schema::PG_SCHEMA_VERSION;
 
 /// The channel of `LISTEN`/`NOTIFY`: a transaction that inserts runs,
-/// changes claims or records notifications sends one notification on it.
+/// changes claims or records notifications sends one notification on it,
+/// with the payload `<what> <schema> <replica id>`.
 pub const NOTIFY_CHANNEL: &str = "calld";
 
 /// How to reach the shared ledger.
@@ -73,7 +75,7 @@ impl std::fmt::Debug for PgOptions {
 /// The PostgreSQL ledger. `Send` and `Sync`; one connection, used by one
 /// call at a time (reads take `&self`, so the client sits in a mutex).
 pub struct PgLedger {
-    client: Mutex<Client>,
+    client: Mutex<cache::Conn>,
     connector: Connector,
     schema: String,
     replica_id: String,
@@ -311,7 +313,7 @@ impl PgLedger {
             )));
         }
         Ok(PgLedger {
-            client: Mutex::new(client),
+            client: Mutex::new(cache::Conn::new(client)),
             connector,
             schema: opts.schema.clone(),
             replica_id: opts.replica_id.clone(),
@@ -346,44 +348,48 @@ impl PgLedger {
 
     /// A round trip to the server (health check, `/readyz`).
     pub fn check_connection(&self) -> Result<()> {
-        self.conn()?.simple_query("SELECT 1")?;
+        self.conn()?.client.simple_query("SELECT 1")?;
         Ok(())
     }
 
     /// The connection, reconnected first if the last one broke.
-    fn conn(&self) -> Result<MutexGuard<'_, Client>> {
+    fn conn(&self) -> Result<MutexGuard<'_, cache::Conn>> {
         let mut guard = self.client.lock().unwrap_or_else(|e| e.into_inner());
-        if guard.is_closed() {
-            *guard = self.connector.connect()?;
+        if guard.client.is_closed() {
+            *guard = cache::Conn::new(self.connector.connect()?);
         }
         Ok(guard)
     }
 
     /// Runs `f` in one transaction and commits: durable when this returns
     /// `Ok`. On error nothing is written.
-    fn write<T>(&self, f: impl FnOnce(&mut postgres::Transaction<'_>) -> Result<T>) -> Result<T> {
-        let mut c = self.conn()?;
-        let mut tx = c.transaction()?;
-        let value = f(&mut tx)?;
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&mut cache::Cx<'_, postgres::Transaction<'_>>) -> Result<T>,
+    ) -> Result<T> {
+        let mut guard = self.conn()?;
+        let cache::Conn { client, cache } = &mut *guard;
+        let mut tx = client.transaction()?;
+        let value = f(&mut cache::Cx { c: &mut tx, cache })?;
         tx.commit()?;
         Ok(value)
     }
 
     #[cfg(test)]
-    pub(crate) fn client_for_tests(&self) -> MutexGuard<'_, Client> {
+    pub(crate) fn client_for_tests(
+        &self,
+    ) -> MutexGuard<'_, impl std::ops::DerefMut<Target = Client>> {
         self.conn().unwrap()
     }
 }
 
 /// Sends the one notification of a transaction (delivered at commit).
-pub(super) fn notify(
-    c: &mut impl postgres::GenericClient,
-    replica: &str,
-    what: &str,
-) -> Result<()> {
+fn notify(c: &mut impl cache::Q, replica: &str, what: &str) -> Result<()> {
+    // The channel is the database's: the payload names the schema, so a
+    // listener ignores other deployments sharing the database.
     c.execute(
-        "SELECT pg_notify($1, $2)",
-        &[&NOTIFY_CHANNEL, &format!("{what} {replica}")],
+        "SELECT pg_notify($1, $2::text || ' ' || current_schema() || ' ' || $3::text)",
+        &[&NOTIFY_CHANNEL, &what, &replica],
     )?;
     Ok(())
 }

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use jiff::Timestamp;
 
+use super::cache::Q;
 use super::store::{query_runs, reload, us};
 use super::{PgLedger, notify};
 use crate::ledger::{Claim, FencingToken, LedgerError, Result, Run, SpecView};

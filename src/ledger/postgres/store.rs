@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use postgres::types::ToSql;
-use postgres::{GenericClient, IsolationLevel, Row};
+use postgres::{IsolationLevel, Row};
+
+use super::cache::{Conn, Cx, Q};
 use rand::Rng;
 
 use super::{PgLedger, notify};
@@ -142,7 +144,7 @@ fn call_state_from_row(row: &Row) -> Result<CallStateRecord> {
 }
 
 pub(super) fn query_runs(
-    c: &mut impl GenericClient,
+    c: &mut impl Q,
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
 ) -> Result<Vec<Run>> {
@@ -152,7 +154,7 @@ pub(super) fn query_runs(
         .collect()
 }
 
-fn load(c: &mut impl GenericClient, id: &str) -> Result<Option<(i64, Run)>> {
+fn load(c: &mut impl Q, id: &str) -> Result<Option<(i64, Run)>> {
     c.query_opt(
         &format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1"),
         &[&id],
@@ -163,7 +165,7 @@ fn load(c: &mut impl GenericClient, id: &str) -> Result<Option<(i64, Run)>> {
 }
 
 /// The run, its row locked until the transaction ends.
-pub(super) fn load_required(c: &mut impl GenericClient, id: &str) -> Result<(i64, Run)> {
+pub(super) fn load_required(c: &mut impl Q, id: &str) -> Result<(i64, Run)> {
     c.query_opt(
         &format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1 FOR UPDATE"),
         &[&id],
@@ -174,11 +176,11 @@ pub(super) fn load_required(c: &mut impl GenericClient, id: &str) -> Result<(i64
     .ok_or_else(|| LedgerError::UnknownRun { id: id.to_string() })
 }
 
-fn load_required_unlocked(c: &mut impl GenericClient, id: &str) -> Result<(i64, Run)> {
+fn load_required_unlocked(c: &mut impl Q, id: &str) -> Result<(i64, Run)> {
     load(c, id)?.ok_or_else(|| LedgerError::UnknownRun { id: id.to_string() })
 }
 
-pub(super) fn reload(c: &mut impl GenericClient, id: &str) -> Result<Run> {
+pub(super) fn reload(c: &mut impl Q, id: &str) -> Result<Run> {
     load_required_unlocked(c, id).map(|(_, r)| r)
 }
 
@@ -214,7 +216,7 @@ fn looks_like_guid(s: &str) -> bool {
             .all(|(p, n)| p.len() == n && p.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
-fn find_by_call_id(c: &mut impl GenericClient, call_id: &str) -> Result<Option<Run>> {
+fn find_by_call_id(c: &mut impl Q, call_id: &str) -> Result<Option<Run>> {
     Ok(query_runs(
         c,
         &format!(
@@ -228,7 +230,7 @@ fn find_by_call_id(c: &mut impl GenericClient, call_id: &str) -> Result<Option<R
 }
 
 fn next_attempt(
-    c: &mut impl GenericClient,
+    c: &mut impl Q,
     seq: i64,
     client_request_id: Option<&str>,
     now: Timestamp,
@@ -246,11 +248,7 @@ fn next_attempt(
 
 // ---------------------------------------------------------------- writes
 
-pub(super) fn insert_run_in(
-    c: &mut impl GenericClient,
-    new: &NewRun,
-    now: Timestamp,
-) -> Result<Inserted> {
+pub(super) fn insert_run_in(c: &mut impl Q, new: &NewRun, now: Timestamp) -> Result<Inserted> {
     let slot = new.key.slot.normalized();
     let slot_text = slot.key_text();
     let scheduled = match &slot {
@@ -300,7 +298,7 @@ pub(super) fn insert_run_in(
 /// lease is this replica's from now on (renewed while the request is in
 /// flight, reaped when it expires).
 pub(super) fn mark_requesting_in(
-    c: &mut impl GenericClient,
+    c: &mut impl Q,
     me: &PgCtx<'_>,
     id: &str,
     client_request_id: Option<&str>,
@@ -336,7 +334,7 @@ pub(super) fn mark_requesting_in(
 }
 
 pub(super) fn begin_attempt_in(
-    c: &mut impl GenericClient,
+    c: &mut impl Q,
     id: &str,
     client_request_id: Option<&str>,
     now: Timestamp,
@@ -351,7 +349,7 @@ pub(super) fn begin_attempt_in(
 }
 
 pub(super) fn finish_attempt_in(
-    c: &mut impl GenericClient,
+    c: &mut impl Q,
     id: &str,
     number: u32,
     result: &AttemptResult,
@@ -408,7 +406,7 @@ pub(super) fn finish_attempt_in(
 }
 
 pub(super) fn mark_placed_in(
-    c: &mut impl GenericClient,
+    c: &mut impl Q,
     id: &str,
     call_id: &str,
     now: Timestamp,
@@ -432,7 +430,7 @@ pub(super) fn mark_placed_in(
 }
 
 fn insert_call_state(
-    c: &mut impl GenericClient,
+    c: &mut impl Q,
     seq: i64,
     update: &CallStateUpdate,
     now: Timestamp,
@@ -458,7 +456,7 @@ fn insert_call_state(
 
 /// The SQLite ledger's `record_state_for`, statement by statement.
 pub(super) fn record_state_for(
-    c: &mut impl GenericClient,
+    c: &mut impl Q,
     id: &str,
     update: &CallStateUpdate,
     attempt: Option<u32>,
@@ -609,7 +607,7 @@ pub(super) fn record_state_for(
 }
 
 pub(super) fn retry_later_in(
-    c: &mut impl GenericClient,
+    c: &mut impl Q,
     id: &str,
     due: Timestamp,
     reason: &str,
@@ -629,12 +627,7 @@ pub(super) fn retry_later_in(
     reload(c, id)
 }
 
-pub(super) fn finish_in(
-    c: &mut impl GenericClient,
-    id: &str,
-    finish: &Finish,
-    now: Timestamp,
-) -> Result<Run> {
+pub(super) fn finish_in(c: &mut impl Q, id: &str, finish: &Finish, now: Timestamp) -> Result<Run> {
     let (seq, run) = load_required(c, id)?;
     rules::check_finish(view(&run), finish.outcome).map_err(|r| refused(&run, r))?;
     c.execute(
@@ -652,7 +645,7 @@ pub(super) fn finish_in(
     reload(c, id)
 }
 
-fn ensure_extras(c: &mut impl GenericClient, seq: i64) -> Result<()> {
+fn ensure_extras(c: &mut impl Q, seq: i64) -> Result<()> {
     c.execute(
         "INSERT INTO run_extras (run_seq) VALUES ($1) ON CONFLICT (run_seq) DO NOTHING",
         &[&seq],
@@ -668,7 +661,7 @@ fn add(t: Timestamp, d: Duration) -> Timestamp {
 }
 
 pub(super) fn mark_requesting_with_in(
-    c: &mut impl GenericClient,
+    c: &mut impl Q,
     me: &PgCtx<'_>,
     id: &str,
     hangup_after: Option<Duration>,
@@ -693,7 +686,7 @@ pub(super) fn mark_requesting_with_in(
 /// `expected: Some(previous)`, a compare-and-set: refused unless the stored
 /// time of the last one is `previous` (another replica sent it already).
 pub(super) fn record_call_op_in(
-    c: &mut impl GenericClient,
+    c: &mut impl Q,
     id: &str,
     hang_up: bool,
     expected: Option<Option<Timestamp>>,
@@ -746,7 +739,7 @@ pub(super) fn record_call_op_in(
 
 // ---------------------------------------------------------------- reads
 
-fn attempts_of(c: &mut impl GenericClient, seq: i64) -> Result<Vec<Attempt>> {
+fn attempts_of(c: &mut impl Q, seq: i64) -> Result<Vec<Attempt>> {
     c.query(
         &format!("SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE run_seq = $1 ORDER BY number"),
         &[&seq],
@@ -756,7 +749,7 @@ fn attempts_of(c: &mut impl GenericClient, seq: i64) -> Result<Vec<Attempt>> {
     .collect()
 }
 
-fn call_states_of(c: &mut impl GenericClient, seq: i64) -> Result<Vec<CallStateRecord>> {
+fn call_states_of(c: &mut impl Q, seq: i64) -> Result<Vec<CallStateRecord>> {
     c.query(
         "SELECT seq, at, state, call_id, result_code, result_subcode, result_message \
          FROM call_states WHERE run_seq = $1 ORDER BY seq",
@@ -767,7 +760,7 @@ fn call_states_of(c: &mut impl GenericClient, seq: i64) -> Result<Vec<CallStateR
     .collect()
 }
 
-fn open_runs_in(c: &mut impl GenericClient) -> Result<Vec<Run>> {
+fn open_runs_in(c: &mut impl Q) -> Result<Vec<Run>> {
     query_runs(
         c,
         &format!("SELECT {RUN_COLUMNS} FROM runs WHERE state <> 'finished' ORDER BY due_at, seq"),
@@ -776,7 +769,7 @@ fn open_runs_in(c: &mut impl GenericClient) -> Result<Vec<Run>> {
 }
 
 /// Per spec, the newest run matching `cond` (on `n`), ordered by spec.
-fn newest_per_spec(c: &mut impl GenericClient, cond: &str) -> Result<Vec<Run>> {
+fn newest_per_spec(c: &mut impl Q, cond: &str) -> Result<Vec<Run>> {
     query_runs(
         c,
         &format!(
@@ -792,11 +785,11 @@ fn newest_per_spec(c: &mut impl GenericClient, cond: &str) -> Result<Vec<Run>> {
     )
 }
 
-fn latest_runs_in(c: &mut impl GenericClient) -> Result<Vec<Run>> {
+fn latest_runs_in(c: &mut impl Q) -> Result<Vec<Run>> {
     newest_per_spec(c, "n.state <> 'scheduled'")
 }
 
-fn last_slots_in(c: &mut impl GenericClient) -> Result<BTreeMap<String, Timestamp>> {
+fn last_slots_in(c: &mut impl Q) -> Result<BTreeMap<String, Timestamp>> {
     c.query(
         "SELECT spec, MAX(scheduled_at) FROM runs WHERE slot LIKE 'at:%' \
          AND (outcome IS NULL OR outcome <> 'canceled') GROUP BY spec",
@@ -807,7 +800,7 @@ fn last_slots_in(c: &mut impl GenericClient) -> Result<BTreeMap<String, Timestam
     .collect()
 }
 
-fn open_run_progress_in(c: &mut impl GenericClient) -> Result<BTreeMap<String, RunProgress>> {
+fn open_run_progress_in(c: &mut impl Q) -> Result<BTreeMap<String, RunProgress>> {
     c.query(
         "SELECT r.id, r.tries, \
            (SELECT COUNT(*) FROM attempts a WHERE a.run_seq = r.seq), \
@@ -843,7 +836,7 @@ fn open_run_progress_in(c: &mut impl GenericClient) -> Result<BTreeMap<String, R
     .collect()
 }
 
-fn not_before_times_in(c: &mut impl GenericClient) -> Result<BTreeMap<String, Timestamp>> {
+fn not_before_times_in(c: &mut impl Q) -> Result<BTreeMap<String, Timestamp>> {
     c.query(
         "SELECT r.id, x.not_before FROM runs r JOIN run_extras x ON x.run_seq = r.seq \
          WHERE r.state = 'scheduled' AND x.not_before IS NOT NULL",
@@ -862,7 +855,7 @@ fn promise(after: Option<i64>, keep: Option<i64>, hang: Option<i64>) -> Result<C
     })
 }
 
-fn call_promises_in(c: &mut impl GenericClient) -> Result<BTreeMap<String, CallPromise>> {
+fn call_promises_in(c: &mut impl Q) -> Result<BTreeMap<String, CallPromise>> {
     c.query(
         "SELECT r.id, x.hangup_after_ms, x.last_keep_alive, x.hangup_requested_at \
          FROM runs r JOIN run_extras x ON x.run_seq = r.seq WHERE r.state <> 'finished'",
@@ -1199,12 +1192,17 @@ impl PgLedger {
             return Ok(Vec::new());
         }
         let me = self.ctx();
-        let mut c = self.conn()?;
-        let mut tx = c.transaction()?;
+        let mut guard = self.conn()?;
+        let Conn { client, cache } = &mut *guard;
+        let mut tx = client.transaction()?;
         let mut out = Vec::with_capacity(batch.len());
         let mut inserted = false;
         for write in batch {
-            let mut sp = tx.savepoint("w")?;
+            let mut savepoint = tx.savepoint("w")?;
+            let mut sp = Cx {
+                c: &mut savepoint,
+                cache,
+            };
             let result = (|| -> Result<Written> {
                 Ok(match write {
                     Write::Insert(new) => Written::Inserted(insert_run_in(&mut sp, new, now)?),
@@ -1246,7 +1244,7 @@ impl PgLedger {
             })();
             match &result {
                 Ok(w) => {
-                    sp.commit()?;
+                    savepoint.commit()?;
                     if matches!(
                         w,
                         Written::Inserted(Inserted { created: true, .. })
@@ -1256,25 +1254,30 @@ impl PgLedger {
                         inserted = true;
                     }
                 }
-                Err(_) => sp.rollback()?,
+                Err(_) => savepoint.rollback()?,
             }
             out.push(result);
         }
         if inserted {
-            notify(&mut tx, me.replica, "runs")?;
+            notify(&mut Cx { c: &mut tx, cache }, me.replica, "runs")?;
         }
         tx.commit()?;
         Ok(out)
     }
 
     pub(super) fn open_state_impl(&self) -> Result<OpenState> {
-        let mut c = self.conn()?;
+        let mut guard = self.conn()?;
+        let Conn { client, cache } = &mut *guard;
         // One REPEATABLE READ snapshot: every part from the same state.
-        let mut tx = c
+        let mut snapshot = client
             .build_transaction()
             .isolation_level(IsolationLevel::RepeatableRead)
             .read_only(true)
             .start()?;
+        let mut tx = Cx {
+            c: &mut snapshot,
+            cache,
+        };
         let runs = open_runs_in(&mut tx)?;
         let mut progress = open_run_progress_in(&mut tx)?;
         let latest = latest_runs_in(&mut tx)?
@@ -1286,7 +1289,7 @@ impl PgLedger {
         for (id, t) in not_before_times_in(&mut tx)? {
             progress.entry(id).or_default().not_before = Some(t);
         }
-        tx.commit()?;
+        snapshot.commit()?;
         Ok(OpenState {
             runs,
             progress,
@@ -1499,13 +1502,18 @@ impl Ledger for PgLedger {
         now: Timestamp,
     ) -> Result<Vec<Result<Option<Notified>>>> {
         let me = self.replica_id.clone();
-        let mut c = self.conn()?;
-        let mut tx = c.transaction()?;
+        let mut guard = self.conn()?;
+        let Conn { client, cache } = &mut *guard;
+        let mut tx = client.transaction()?;
         let mut out = Vec::with_capacity(batch.len());
         let mut any = false;
         for notice in batch {
             // A savepoint per notice: a failing one is undone alone.
-            let mut sp = tx.savepoint("n")?;
+            let mut savepoint = tx.savepoint("n")?;
+            let mut sp = Cx {
+                c: &mut savepoint,
+                cache,
+            };
             let result = (|| {
                 let run = match &notice.run_id {
                     Some(id) => load(&mut sp, id)?.map(|(_, r)| r),
@@ -1535,15 +1543,15 @@ impl Ledger for PgLedger {
             })();
             match &result {
                 Ok(n) => {
-                    sp.commit()?;
+                    savepoint.commit()?;
                     any |= n.is_some();
                 }
-                Err(_) => sp.rollback()?,
+                Err(_) => savepoint.rollback()?,
             }
             out.push(result);
         }
         if any {
-            notify(&mut tx, &me, "states")?;
+            notify(&mut Cx { c: &mut tx, cache }, &me, "states")?;
         }
         tx.commit()?;
         Ok(out)
