@@ -71,6 +71,9 @@ pub(crate) enum Event {
     /// A run was requested through the admin endpoint (`calld trigger`,
     /// `calld retry`): it is in the ledger, due now.
     Triggered { run: String },
+    /// Another replica changed the shared ledger (LISTEN/NOTIFY): decide
+    /// again now rather than at the next poll.
+    LedgerChanged,
     /// A hang-up or keepAlive finished.
     CallOp {
         run: String,
@@ -654,6 +657,7 @@ impl Controller {
             Event::Triggered { run } => {
                 tracing::debug!(run = %run, "run requested through the admin endpoint");
             }
+            Event::LedgerChanged => {}
             Event::CallOp { run, op, gone } => {
                 self.ops_in_flight.remove(&(run.clone(), op));
                 if gone && op == "keepAlive" {

@@ -343,6 +343,7 @@ async fn run_async(
         ledger: ledger.clone(),
         once,
     };
+    let events_for_listener = events_tx.clone();
     let mut controller = Controller::new(rt, events_tx);
     if ledger.lock().unwrap_or_else(|p| p.into_inner()).is_shared() {
         let cfg = &controller.rt.config.ledger;
@@ -355,6 +356,10 @@ async fn run_async(
             controller.rt.metrics.clone(),
             shutdown_rx_keeper.clone(),
         );
+        if let Some(url) = cfg.url.clone() {
+            let opts = super::store::pg_options(cfg, url)?;
+            super::store::spawn_listener(opts, r.poll, events_for_listener.clone());
+        }
         controller.replica = Some(r);
     }
     let first = snapshots.borrow_and_update().clone();

@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use crate::config::{LedgerConfig, redact_url};
-use crate::ledger::SqliteLedger;
+use tokio::sync::mpsc;
 
-use super::Store;
+use crate::config::{LedgerConfig, redact_url};
+use crate::ledger::{PgLedger, PgListener, PgOptions, SqliteLedger};
+
+use super::{Event, Store};
 
 /// Opens the store. A shared database that does not answer yet is retried
 /// every second (a replica may start before its database); a local ledger
@@ -72,24 +74,27 @@ pub(crate) fn pg_options(cfg: &LedgerConfig, url: String) -> anyhow::Result<PgOp
         schema: cfg.schema.clone(),
         replica_id: cfg.replica_id(),
         lease: cfg.lease,
-        ca_file: cfg.ca_file.clone(),
+        tls_ca_file: cfg.ca_file.clone(),
     })
-}
-
-/// What a PostgreSQL store is opened with.
-#[derive(Clone)]
-pub(crate) struct PgOptions {
-    url: String,
-    password: Option<String>,
-    schema: String,
-    replica_id: String,
-    lease: Duration,
-    ca_file: Option<std::path::PathBuf>,
 }
 
 pub(crate) fn connect_pg(opts: &PgOptions) -> crate::ledger::Result<Store> {
-    let _ = (&opts.url, &opts.password, opts.lease, &opts.ca_file);
-    Err(crate::ledger::LedgerError::BadData {
-        detail: "this build has no PostgreSQL store yet".into(),
-    })
+    Ok(Box::new(PgLedger::connect(opts, crate::clock::now())?))
+}
+
+/// LISTEN on the shared ledger: another replica's change wakes the
+/// controller at once (its own are ignored); polling stays the fallback
+/// (a notification is lost across a reconnect). Wake-ups coalesce: the
+/// channel holds a few, the controller drains them all in one decision.
+pub(crate) fn spawn_listener(opts: PgOptions, poll: Duration, events: mpsc::Sender<Event>) {
+    let me = opts.replica_id.clone();
+    PgListener::spawn(opts, poll.max(Duration::from_millis(100)), move |payload| {
+        if payload.is_some_and(|p| p.rsplit(' ').next() == Some(me.as_str())) {
+            return !events.is_closed();
+        }
+        match events.try_send(Event::LedgerChanged) {
+            Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => true,
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    });
 }
