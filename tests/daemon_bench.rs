@@ -156,7 +156,8 @@ fn scale_100k() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(100_000);
     let emu = Emu::start("calls: { answerAfter: 10ms, length: 20ms }\n");
-    let env = Env::new(&emu);
+    let admin = free_port();
+    let env = Env::with_config(&emu, &format!("admin: {{ listen: 127.0.0.1:{admin} }}\n"));
     // spread over the day, but none in the next two hours (idle means idle)
     let hour_now = Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC).hour() as usize;
     let t = Instant::now();
@@ -179,7 +180,15 @@ fn scale_100k() {
     d.wait_log("calls directory loaded");
     let loaded = started.elapsed();
     println!(
-        "ready (first complete load logged): {loaded:?}, RSS {} MB",
+        "first complete load logged: {loaded:?}, RSS {} MB",
+        rss_kb(d.pid()) / 1024
+    );
+    wait_until_long("/readyz", Duration::from_secs(3600), || {
+        http_get(admin, "/readyz").filter(|(status, _)| *status == 200)
+    });
+    println!(
+        "ready (/readyz 200): {:?} after start, RSS {} MB",
+        started.elapsed(),
         rss_kb(d.pid()) / 1024
     );
     let ledger_path = env.state.join(calld::ledger::LEDGER_FILE);
@@ -229,6 +238,23 @@ fn scale_100k() {
     );
     println!("RSS after the change: {} MB", rss_kb(d.pid()) / 1024);
 
+    // drop → create: a new spec without a schedule is placed at once
+    let mut lat = Vec::new();
+    for i in 0..20 {
+        let staging = env.dir.path().join("staging").join("new.yaml");
+        std::fs::write(&staging, call_spec(&format!("New {i}"))).unwrap();
+        let before = Timestamp::now();
+        std::fs::rename(&staging, env.calls.join(format!("new-{i:02}.yaml"))).unwrap();
+        let create = wait_until_long("the create", Duration::from_secs(600), || {
+            let c = emu.creates();
+            (c.len() > i).then(|| c[i].clone())
+        });
+        lat.push(ms_between(before, received_at(&create)));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    summary(&format!("N = {n}: drop → create"), lat);
+    let calls_done = emu.creates().len();
+
     // idle CPU over 60 s
     std::thread::sleep(Duration::from_secs(2));
     let ticks = clock_ticks_per_second();
@@ -243,7 +269,7 @@ fn scale_100k() {
     );
     println!("RSS idle: {} MB", rss_kb(d.pid()) / 1024);
     assert!(d.running());
-    assert!(emu.creates().is_empty(), "nothing was due");
+    assert_eq!(emu.creates().len(), calls_done, "nothing else was due");
 }
 
 fn wait_until_long<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {

@@ -70,9 +70,58 @@ pub(crate) fn spec_changes(
     (added, changed, removed, held)
 }
 
+/// [`spec_changes`] when only the names in `touched` may have changed:
+/// `old` holds the previous entries of those names only.
+fn touched_changes(
+    old: &SpecSet,
+    new: &SpecSet,
+    touched: &BTreeSet<String>,
+) -> (
+    BTreeSet<String>,
+    BTreeSet<String>,
+    BTreeSet<String>,
+    BTreeSet<String>,
+) {
+    let part = SpecSet {
+        specs: touched
+            .iter()
+            .filter_map(|n| new.specs.get(n).map(|s| (n.clone(), s.clone())))
+            .collect(),
+        invalid_names: touched
+            .iter()
+            .filter(|n| new.invalid_names.contains(*n))
+            .cloned()
+            .collect(),
+        ..SpecSet::default()
+    };
+    spec_changes(old, &part)
+}
+
 impl LoadLog {
-    /// Logs the load of `new` (the previous load was `old`).
-    pub(crate) fn log(&mut self, old: &SpecSet, new: &SpecSet, snap: &Snapshot) {
+    /// Logs the load of `new`: only the names in `touched` changed since
+    /// the last load, whose entries for them were `old`.
+    pub(crate) fn log_touched(
+        &mut self,
+        old: &SpecSet,
+        new: &SpecSet,
+        touched: &BTreeSet<String>,
+        snap: &Snapshot,
+    ) {
+        self.log_with(new, snap, touched_changes(old, new, touched));
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn log_with(
+        &mut self,
+        new: &SpecSet,
+        snap: &Snapshot,
+        changes: (
+            BTreeSet<String>,
+            BTreeSet<String>,
+            BTreeSet<String>,
+            BTreeSet<String>,
+        ),
+    ) {
         let hash_of = |label: &str| -> [u8; 32] {
             snap.files
                 .values()
@@ -96,7 +145,7 @@ impl LoadLog {
             now_seen.insert(key);
         }
         self.seen = now_seen;
-        let (added, changed, removed, held) = spec_changes(old, new);
+        let (added, changed, removed, held) = changes;
         tracing::info!(
             files = new.file_count,
             specs = new.specs.len(),

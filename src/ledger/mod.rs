@@ -41,6 +41,7 @@
 
 mod batch;
 pub mod rules;
+pub mod scoped;
 mod sqlite;
 
 use std::fmt;
@@ -51,6 +52,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 pub use batch::{BatchResult, OpenState, Write, Written};
+pub use scoped::OpenStateOf;
 pub use sqlite::{
     CallPromise, CreateEnd, CreateRecorded, CreateStep, LEDGER_FILE, RenameRecord, SCHEMA_VERSION,
     SqliteLedger, WAITING_PREFIX, requeue_backoff,

@@ -18,6 +18,7 @@ pub use identity::RenameRecord;
 use super::rules::{self, NotificationEffect, Placed, Refusal, RunView};
 mod batch;
 mod extras;
+mod scoped;
 
 pub use extras::{
     CallPromise, CreateEnd, CreateRecorded, CreateStep, WAITING_PREFIX, requeue_backoff,
