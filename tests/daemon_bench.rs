@@ -177,7 +177,9 @@ fn scale_100k() {
 
     let started = Instant::now();
     let mut d = env.start_with(&[], &[]);
-    d.wait_log("calls directory loaded");
+    wait_until_long("the first load", Duration::from_secs(3600), || {
+        d.log_text().contains("calls directory loaded").then_some(())
+    });
     let loaded = started.elapsed();
     println!(
         "first complete load logged: {loaded:?}, RSS {} MB",
@@ -291,6 +293,9 @@ fn wait_until_long<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option
 fn burst(others: usize) {
     const BURST: usize = 300;
     let emu = Emu::start("calls: { answerAfter: 10ms, length: 20ms }\n");
+    // CALLD_BENCH_LOG=1: the daemon logs at debug level and the decisions
+    // made during the burst are printed
+    let trace = std::env::var_os("CALLD_BENCH_LOG").is_some();
     let env = Env::new(&emu);
     let hour_now = Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC).hour() as usize;
     for i in 0..others {
@@ -313,7 +318,11 @@ fn burst(others: usize) {
             .map_or(0, |r| r.len())
     };
     let started = Instant::now();
-    let _d = env.start();
+    let d = if trace {
+        env.start_with(&[], &[("RUST_LOG", "calld=debug,warn")])
+    } else {
+        env.start()
+    };
     wait_until_long("the cron runs planned", Duration::from_secs(3600), || {
         (open_runs() >= others).then_some(())
     });
@@ -360,6 +369,13 @@ fn burst(others: usize) {
             " (WARNING: not all planned before due)"
         }
     );
+    if trace {
+        let log = d.log_text();
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains("decision")).collect();
+        for line in &lines[lines.len().saturating_sub(40)..] {
+            println!("{line}");
+        }
+    }
 }
 
 #[test]

@@ -122,13 +122,16 @@ impl LoadLog {
             BTreeSet<String>,
         ),
     ) {
-        let hash_of = |label: &str| -> [u8; 32] {
+        // by label, built once (not a walk over every file per finding)
+        let hashes: std::collections::HashMap<String, [u8; 32]> = if new.diagnostics.is_empty() {
+            Default::default()
+        } else {
             snap.files
                 .values()
-                .find(|f| f.path.display().to_string() == label)
-                .map(|f| f.hash)
-                .unwrap_or_default()
+                .map(|f| (f.path.display().to_string(), f.hash))
+                .collect()
         };
+        let hash_of = |label: &str| -> [u8; 32] { hashes.get(label).copied().unwrap_or_default() };
         let mut now_seen = HashSet::new();
         for d in &new.diagnostics {
             let key = (d.file.clone(), hash_of(&d.file), d.to_string());

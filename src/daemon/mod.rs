@@ -273,8 +273,10 @@ impl Controller {
         if self.rt.once.is_some() {
             self.dirty.mark_all();
         }
+        let started = std::time::Instant::now();
         let mut scope = self.dirty.take(now);
         let mut part = self.read_scope(&scope).await?;
+        let read_at = started.elapsed();
         // Renames, held names, upgrades: before the decision (docs/runs.md).
         let cache = std::mem::take(&mut self.cache);
         let ident = self
@@ -359,7 +361,10 @@ impl Controller {
                 ..Settings::default()
             },
         };
+        let ident_at = started.elapsed();
         let (decision, wakes) = reconcile::reconcile_with_wakes(&input);
+        let decided_at = started.elapsed();
+        let actions = decision.actions.len();
         self.dirty.decided(&scope, &wakes);
         for d in &decision.dropped {
             tracing::warn!(spec = %d.spec, count = d.count, first = %d.first, last = %d.last, "slots passed during downtime were not recorded (too many)");
@@ -380,6 +385,19 @@ impl Controller {
         let runs = std::mem::take(&mut self.cache.state.runs);
         self.update_status(&runs);
         self.cache.state.runs = runs;
+        tracing::debug!(
+            specs = match &scope {
+                Scope::Full => self.specs.specs.len(),
+                Scope::Specs(s) => s.len(),
+            },
+            full = matches!(scope, Scope::Full),
+            actions,
+            read_ms = read_at.as_secs_f64() * 1e3,
+            identity_ms = (ident_at - read_at).as_secs_f64() * 1e3,
+            reconcile_ms = (decided_at - ident_at).as_secs_f64() * 1e3,
+            total_ms = started.elapsed().as_secs_f64() * 1e3,
+            "decision"
+        );
         let wake = match (self.dirty.next_wake(), ident.wake_at) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
