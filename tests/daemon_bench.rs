@@ -176,9 +176,16 @@ fn scale_100k() {
     println!("wrote {n} specs in {:?}", t.elapsed());
 
     let started = Instant::now();
-    let mut d = env.start_with(&[], &[]);
+    let trace = std::env::var_os("CALLD_BENCH_LOG").is_some();
+    let mut d = if trace {
+        env.start_with(&[], &[("RUST_LOG", "calld=debug,warn")])
+    } else {
+        env.start_with(&[], &[])
+    };
     wait_until_long("the first load", Duration::from_secs(3600), || {
-        d.log_text().contains("calls directory loaded").then_some(())
+        d.log_text()
+            .contains("calls directory loaded")
+            .then_some(())
     });
     let loaded = started.elapsed();
     println!(
@@ -255,6 +262,16 @@ fn scale_100k() {
         std::thread::sleep(Duration::from_millis(200));
     }
     summary(&format!("N = {n}: drop → create"), lat);
+    if trace {
+        let log = d.log_text();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("decision") || l.contains("snapshot loaded"))
+            .collect();
+        for line in &lines[lines.len().saturating_sub(12)..] {
+            println!("{line}");
+        }
+    }
     let calls_done = emu.creates().len();
 
     // idle CPU over 60 s

@@ -186,6 +186,7 @@ impl Controller {
 
     /// Validates a new snapshot of the calls directory.
     pub(crate) fn load_snapshot(&mut self, snap: &Snapshot) {
+        let started = std::time::Instant::now();
         let ctx = Context {
             defaults: &self.rt.config.defaults,
             public_url: self.rt.public_url.as_deref(),
@@ -232,7 +233,14 @@ impl Controller {
             set.invalid_files.len() as u64,
         );
         self.specs = set;
+        let loaded = started.elapsed();
         self.write_specs_report();
+        tracing::debug!(
+            names = touched.len(),
+            load_ms = loaded.as_secs_f64() * 1e3,
+            total_ms = started.elapsed().as_secs_f64() * 1e3,
+            "snapshot loaded"
+        );
     }
 
     /// Why the loaded specs are not all valid, if they are not (`--once`
