@@ -42,6 +42,8 @@ use crate::ledger::{
 use crate::schedule::{Concurrency, Schedule, Trigger};
 use crate::spec::model::{Spec, role_granted};
 
+pub mod scoped;
+
 /// Tunables; [`Settings::default`] is what the daemon uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Settings {
@@ -220,7 +222,18 @@ const COUNT_CAP: u64 = 100_000;
 
 /// Decides what to do now. Pure: the same input gives the same decision.
 pub fn reconcile(input: &Input<'_>) -> Decision {
+    reconcile_with_wakes(input).0
+}
+
+/// [`reconcile`], and per spec name the earliest time its own runs need
+/// another decision (the decision's `wake_at` is the earliest of them).
+/// The decision of one spec depends only on that spec and its runs, so the
+/// daemon can decide the specs that changed and keep these times in one
+/// deadline queue ([`scoped`]).
+pub fn reconcile_with_wakes(input: &Input<'_>) -> (Decision, BTreeMap<String, Timestamp>) {
     let mut d = Decider {
+        cur: None,
+        wakes: BTreeMap::new(),
         input,
         open_keys: input
             .runs
@@ -241,6 +254,7 @@ pub fn reconcile(input: &Input<'_>) -> Decision {
     let mut up: BTreeMap<&str, Vec<&Run>> = BTreeMap::new();
     let mut pending: BTreeMap<&str, Vec<Pending>> = BTreeMap::new();
     for run in input.runs {
+        d.cur = Some(run.spec.as_str());
         match run.state {
             RunState::Scheduled => pending
                 .entry(run.spec.as_str())
@@ -262,6 +276,7 @@ pub fn reconcile(input: &Input<'_>) -> Decision {
         .chain(pending.keys().copied())
         .collect();
     for name in names {
+        d.cur = Some(name);
         let runs = pending.remove(name).unwrap_or_default();
         if input.held.contains(name) {
             // Invalid now: keep its runs as they are until it is valid again.
@@ -292,11 +307,19 @@ pub fn reconcile(input: &Input<'_>) -> Decision {
             .into_iter()
             .map(|(_, key, id)| Action::Place { id, key }),
     );
-    Decision {
-        actions,
-        wake_at: d.wake,
-        dropped: d.dropped,
-    }
+    let wakes = d
+        .wakes
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    (
+        Decision {
+            actions,
+            wake_at: d.wake,
+            dropped: d.dropped,
+        },
+        wakes,
+    )
 }
 
 /// A run waiting in `scheduled` (or about to be, after this decision).
@@ -364,6 +387,10 @@ struct Decider<'i, 'a> {
     places: Vec<(Timestamp, RunKey, Option<String>)>,
     wake: Option<Timestamp>,
     dropped: Vec<Dropped>,
+    /// The spec whose runs are being decided (for `wakes`).
+    cur: Option<&'a str>,
+    /// Per spec, its earliest wake-up.
+    wakes: BTreeMap<&'a str, Timestamp>,
 }
 
 fn add(t: Timestamp, d: Duration) -> Timestamp {
@@ -389,8 +416,15 @@ impl Decider<'_, '_> {
     /// Wake at `t` if that is later than now and earlier than any other
     /// wake-up so far.
     fn wake_at(&mut self, t: Timestamp) {
-        if t > self.now && self.wake.is_none_or(|w| t < w) {
+        if t <= self.now {
+            return;
+        }
+        if self.wake.is_none_or(|w| t < w) {
             self.wake = Some(t);
+        }
+        if let Some(name) = self.cur {
+            let w = self.wakes.entry(name).or_insert(t);
+            *w = (*w).min(t);
         }
     }
 
@@ -907,7 +941,14 @@ impl Decider<'_, '_> {
                 self.record_skipped_over(spec, sched, from, latest);
             }
         }
-        if let Some(next) = sched.next_after(now) {
+        // A slot whose time passed but whose jitter delays it is the next
+        // run until it is placed: the slot after it is planned then (at its
+        // due time, when the decision wakes anyway), so the decision does
+        // not change between the slot's time and its due time.
+        let delayed = pending
+            .iter()
+            .any(|p| p.first_try && p.due > now && p.slot_time().is_some_and(|t| t <= now));
+        if let Some(next) = sched.next_after(now).filter(|_| !delayed) {
             let slot = slot_at(next);
             if !has(pending, &slot) {
                 let due = sched.due_at(input.jitter_seed, name, next);

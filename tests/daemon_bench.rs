@@ -156,7 +156,8 @@ fn scale_100k() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(100_000);
     let emu = Emu::start("calls: { answerAfter: 10ms, length: 20ms }\n");
-    let env = Env::new(&emu);
+    let admin = free_port();
+    let env = Env::with_config(&emu, &format!("admin: {{ listen: 127.0.0.1:{admin} }}\n"));
     // spread over the day, but none in the next two hours (idle means idle)
     let hour_now = Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC).hour() as usize;
     let t = Instant::now();
@@ -175,11 +176,28 @@ fn scale_100k() {
     println!("wrote {n} specs in {:?}", t.elapsed());
 
     let started = Instant::now();
-    let mut d = env.start_with(&[], &[]);
-    d.wait_log("calls directory loaded");
+    let trace = std::env::var_os("CALLD_BENCH_LOG").is_some();
+    let mut d = if trace {
+        env.start_with(&[], &[("RUST_LOG", "calld=debug,warn")])
+    } else {
+        env.start_with(&[], &[])
+    };
+    wait_until_long("the first load", Duration::from_secs(3600), || {
+        d.log_text()
+            .contains("calls directory loaded")
+            .then_some(())
+    });
     let loaded = started.elapsed();
     println!(
-        "ready (first complete load logged): {loaded:?}, RSS {} MB",
+        "first complete load logged: {loaded:?}, RSS {} MB",
+        rss_kb(d.pid()) / 1024
+    );
+    wait_until_long("/readyz", Duration::from_secs(3600), || {
+        http_get(admin, "/readyz").filter(|(status, _)| *status == 200)
+    });
+    println!(
+        "ready (/readyz 200): {:?} after start, RSS {} MB",
+        started.elapsed(),
         rss_kb(d.pid()) / 1024
     );
     let ledger_path = env.state.join(calld::ledger::LEDGER_FILE);
@@ -229,6 +247,33 @@ fn scale_100k() {
     );
     println!("RSS after the change: {} MB", rss_kb(d.pid()) / 1024);
 
+    // drop → create: a new spec without a schedule is placed at once
+    let mut lat = Vec::new();
+    for i in 0..20 {
+        let staging = env.dir.path().join("staging").join("new.yaml");
+        std::fs::write(&staging, call_spec(&format!("New {i}"))).unwrap();
+        let before = Timestamp::now();
+        std::fs::rename(&staging, env.calls.join(format!("new-{i:02}.yaml"))).unwrap();
+        let create = wait_until_long("the create", Duration::from_secs(600), || {
+            let c = emu.creates();
+            (c.len() > i).then(|| c[i].clone())
+        });
+        lat.push(ms_between(before, received_at(&create)));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    summary(&format!("N = {n}: drop → create"), lat);
+    if trace {
+        let log = d.log_text();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("decision") || l.contains("snapshot loaded"))
+            .collect();
+        for line in &lines[lines.len().saturating_sub(12)..] {
+            println!("{line}");
+        }
+    }
+    let calls_done = emu.creates().len();
+
     // idle CPU over 60 s
     std::thread::sleep(Duration::from_secs(2));
     let ticks = clock_ticks_per_second();
@@ -243,7 +288,7 @@ fn scale_100k() {
     );
     println!("RSS idle: {} MB", rss_kb(d.pid()) / 1024);
     assert!(d.running());
-    assert!(emu.creates().is_empty(), "nothing was due");
+    assert_eq!(emu.creates().len(), calls_done, "nothing else was due");
 }
 
 fn wait_until_long<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
@@ -265,6 +310,9 @@ fn wait_until_long<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option
 fn burst(others: usize) {
     const BURST: usize = 300;
     let emu = Emu::start("calls: { answerAfter: 10ms, length: 20ms }\n");
+    // CALLD_BENCH_LOG=1: the daemon logs at debug level and the decisions
+    // made during the burst are printed
+    let trace = std::env::var_os("CALLD_BENCH_LOG").is_some();
     let env = Env::new(&emu);
     let hour_now = Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC).hour() as usize;
     for i in 0..others {
@@ -287,7 +335,11 @@ fn burst(others: usize) {
             .map_or(0, |r| r.len())
     };
     let started = Instant::now();
-    let _d = env.start();
+    let d = if trace {
+        env.start_with(&[], &[("RUST_LOG", "calld=debug,warn")])
+    } else {
+        env.start()
+    };
     wait_until_long("the cron runs planned", Duration::from_secs(3600), || {
         (open_runs() >= others).then_some(())
     });
@@ -334,6 +386,13 @@ fn burst(others: usize) {
             " (WARNING: not all planned before due)"
         }
     );
+    if trace {
+        let log = d.log_text();
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains("decision")).collect();
+        for line in &lines[lines.len().saturating_sub(40)..] {
+            println!("{line}");
+        }
+    }
 }
 
 #[test]

@@ -143,7 +143,7 @@ impl Controller {
         inserted: &HashMap<RunKey, Run>,
     ) {
         let cap = self.rt.config.graph.max_concurrent_requests.max(1);
-        let mut chosen: Vec<(String, Spec)> = Vec::new();
+        let mut due: Vec<(String, RunKey)> = Vec::with_capacity(places.len());
         for (id, key) in places {
             let id = match id {
                 Some(id) => id,
@@ -158,6 +158,25 @@ impl Controller {
                     }
                 },
             };
+            due.push((id, key));
+        }
+        if let Some(r) = &self.replica {
+            // Replicas deciding the same due runs start from different
+            // ones (runs due in the same second, in an order of this
+            // replica's own), so their claims spread instead of colliding.
+            let fresh: HashMap<&str, jiff::Timestamp> = inserted
+                .values()
+                .map(|x| (x.id.as_str(), x.due_at))
+                .collect();
+            let second = |id: &str| {
+                self.due_of(id)
+                    .or_else(|| fresh.get(id).copied())
+                    .map_or(0, |t| t.as_second())
+            };
+            due.sort_by_cached_key(|(id, _)| (second(id), super::replica::spread(&r.id, id)));
+        }
+        let mut chosen: Vec<(String, Spec)> = Vec::new();
+        for (id, key) in due {
             if self.in_flight.contains(&id) || chosen.iter().any(|(c, _)| *c == id) {
                 continue;
             }

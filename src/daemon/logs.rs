@@ -70,16 +70,68 @@ pub(crate) fn spec_changes(
     (added, changed, removed, held)
 }
 
+/// [`spec_changes`] when only the names in `touched` may have changed:
+/// `old` holds the previous entries of those names only.
+fn touched_changes(
+    old: &SpecSet,
+    new: &SpecSet,
+    touched: &BTreeSet<String>,
+) -> (
+    BTreeSet<String>,
+    BTreeSet<String>,
+    BTreeSet<String>,
+    BTreeSet<String>,
+) {
+    let part = SpecSet {
+        specs: touched
+            .iter()
+            .filter_map(|n| new.specs.get(n).map(|s| (n.clone(), s.clone())))
+            .collect(),
+        invalid_names: touched
+            .iter()
+            .filter(|n| new.invalid_names.contains(*n))
+            .cloned()
+            .collect(),
+        ..SpecSet::default()
+    };
+    spec_changes(old, &part)
+}
+
 impl LoadLog {
-    /// Logs the load of `new` (the previous load was `old`).
-    pub(crate) fn log(&mut self, old: &SpecSet, new: &SpecSet, snap: &Snapshot) {
-        let hash_of = |label: &str| -> [u8; 32] {
+    /// Logs the load of `new`: only the names in `touched` changed since
+    /// the last load, whose entries for them were `old`.
+    pub(crate) fn log_touched(
+        &mut self,
+        old: &SpecSet,
+        new: &SpecSet,
+        touched: &BTreeSet<String>,
+        snap: &Snapshot,
+    ) {
+        self.log_with(new, snap, touched_changes(old, new, touched));
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn log_with(
+        &mut self,
+        new: &SpecSet,
+        snap: &Snapshot,
+        changes: (
+            BTreeSet<String>,
+            BTreeSet<String>,
+            BTreeSet<String>,
+            BTreeSet<String>,
+        ),
+    ) {
+        // by label, built once (not a walk over every file per finding)
+        let hashes: std::collections::HashMap<String, [u8; 32]> = if new.diagnostics.is_empty() {
+            Default::default()
+        } else {
             snap.files
                 .values()
-                .find(|f| f.path.display().to_string() == label)
-                .map(|f| f.hash)
-                .unwrap_or_default()
+                .map(|f| (f.path.display().to_string(), f.hash))
+                .collect()
         };
+        let hash_of = |label: &str| -> [u8; 32] { hashes.get(label).copied().unwrap_or_default() };
         let mut now_seen = HashSet::new();
         for d in &new.diagnostics {
             let key = (d.file.clone(), hash_of(&d.file), d.to_string());
@@ -96,7 +148,7 @@ impl LoadLog {
             now_seen.insert(key);
         }
         self.seen = now_seen;
-        let (added, changed, removed, held) = spec_changes(old, new);
+        let (added, changed, removed, held) = changes;
         tracing::info!(
             files = new.file_count,
             specs = new.specs.len(),

@@ -14,13 +14,15 @@
 //! and a run left `requesting` by a crash becomes `unknown`, never re-sent.
 
 mod batch;
+mod dirty;
 mod identity;
 mod logs;
 pub(crate) mod replica;
+mod report;
 mod setup;
 pub(crate) mod store;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,6 +37,7 @@ use crate::graph::{CreateOutcome, CreateResult, GraphClient};
 use crate::ledger::{
     self, AttemptResult, CallStateUpdate, Disposition, Ledger, Outcome, ResultInfo, Run,
 };
+use crate::reconcile::scoped::Scope;
 use crate::reconcile::{self, CallMemo, Settings};
 use crate::source::Snapshot;
 use crate::spec::{Context, Spec, SpecSet, render};
@@ -118,8 +121,16 @@ pub(crate) struct Controller {
     events_tx: mpsc::Sender<Event>,
     /// `--once`: the runs placed by this process, to wait for.
     watched: BTreeSet<String>,
-    /// Due times of the open runs of the last decision (for the lag metric).
-    due: HashMap<String, Timestamp>,
+    /// The ledger's open state as last read, spec by spec (dirty.rs).
+    cache: dirty::OpenCache,
+    /// What the next decision looks at (dirty.rs).
+    pub(crate) dirty: reconcile::scoped::DirtySet,
+    /// The inputs every spec's decision depends on, as last seen.
+    globals_key: Option<String>,
+    /// The held names of the last decision.
+    last_held: BTreeSet<String>,
+    /// The spec report's bookkeeping (report.rs).
+    report: report::ReportState,
     last_status: String,
     /// Findings already logged, so each is logged once per file revision.
     load_log: logs::LoadLog,
@@ -171,7 +182,11 @@ impl Controller {
             ops_in_flight: HashSet::new(),
             events_tx,
             watched: BTreeSet::new(),
-            due: HashMap::new(),
+            cache: dirty::OpenCache::default(),
+            dirty: reconcile::scoped::DirtySet::new(),
+            globals_key: None,
+            last_held: BTreeSet::new(),
+            report: report::ReportState::default(),
             last_status: String::new(),
             load_log: logs::LoadLog::default(),
             deferred: false,
@@ -190,6 +205,7 @@ impl Controller {
 
     /// Validates a new snapshot of the calls directory.
     pub(crate) fn load_snapshot(&mut self, snap: &Snapshot) {
+        let started = std::time::Instant::now();
         let ctx = Context {
             defaults: &self.rt.config.defaults,
             public_url: self.rt.public_url.as_deref(),
@@ -202,7 +218,12 @@ impl Controller {
             names = update.names_resolved,
             "spec set updated"
         );
-        let mut set = self.loader.set().clone();
+        let touched = self.loader.take_touched();
+        let (old_part, mut set) = self.patch_specs(&touched);
+        for name in &touched {
+            self.dirty.mark(name);
+        }
+        self.report.touch(&touched);
         if snap.root_error.is_none() {
             self.dir_known = true;
         }
@@ -224,14 +245,21 @@ impl Controller {
                 format!("cannot read the calls directory: {e}"),
             ));
         }
-        self.load_log.log(&self.specs, &set, snap);
+        self.load_log.log_touched(&old_part, &set, &touched, snap);
         self.rt.metrics.watcher_rescan();
         self.rt.metrics.set_spec_files(
             (set.file_count - set.invalid_files.len()) as u64,
             set.invalid_files.len() as u64,
         );
         self.specs = set;
+        let loaded = started.elapsed();
         self.write_specs_report();
+        tracing::debug!(
+            names = touched.len(),
+            load_ms = loaded.as_secs_f64() * 1e3,
+            total_ms = started.elapsed().as_secs_f64() * 1e3,
+            "snapshot loaded"
+        );
     }
 
     /// Why the loaded specs are not all valid, if they are not (`--once`
@@ -253,23 +281,9 @@ impl Controller {
         })
     }
 
-    /// `<stateDir>/specs.json`: the daemon's view of the calls directory,
-    /// read by `calld status` (written atomically).
-    fn write_specs_report(&self) {
-        let mut report = specs_report(&self.specs);
-        report["held"] = json!(self.held_now);
-        *self.rt.specs_json.lock().unwrap_or_else(|p| p.into_inner()) = report.clone();
-        let path = self.rt.state_dir.join(SPECS_REPORT);
-        let tmp = self.rt.state_dir.join(format!(".{SPECS_REPORT}.tmp"));
-        let result = std::fs::write(&tmp, serde_json::to_vec_pretty(&report).expect("JSON"))
-            .and_then(|()| std::fs::rename(&tmp, &path));
-        if let Err(e) = result {
-            tracing::warn!(path = %path.display(), error = %e, "cannot write the spec report for `calld status`");
-        }
-    }
-
-    /// One decision: snapshot the ledger, reconcile, apply. Returns when to
-    /// decide again.
+    /// One decision: read the ledger's open state of the specs to decide
+    /// (those that changed and those whose time came: [`dirty`]),
+    /// reconcile them, apply. Returns when to decide again.
     pub(crate) async fn decide(&mut self) -> anyhow::Result<Option<Timestamp>> {
         let now = crate::clock::now();
         self.deferred = false;
@@ -281,20 +295,28 @@ impl Controller {
             Ok(s) => s,
             Err(e) => return Err(self.ledger_trouble(e)),
         };
-        // One snapshot of the open runs (one batched read).
-        let read = |l: &mut dyn Ledger| l.open_state();
-        let ledger::OpenState {
-            mut runs,
-            mut progress,
-            mut latest,
-            mut last_slots,
-            mut promises,
-        } = match with_ledger(&self.rt.ledger, read).await {
-            Ok(s) => s,
+        let health = self.rt.keeper.health();
+        let granted = self.granted_roles(&health);
+        // Live mode: nothing is placed before the token keeper's first answer
+        // (the roles are checked first), nor while no token can be had.
+        let blocked = self.rt.sandbox_callback.is_none() && (health.blocked() || !health.checked);
+        // What every spec's decision depends on: a change decides them all.
+        self.note_globals(format!(
+            "{blocked}\0{granted:?}\0{:?}\0{}",
+            self.rt.config.daemon, self.dir_known
+        ));
+        // `--once` decides everything; so does a replica: the others
+        // change the shared ledger without marking this one's specs.
+        if self.rt.once.is_some() || self.replica.is_some() {
+            self.dirty.mark_all();
+        }
+        let started = std::time::Instant::now();
+        let mut scope = self.dirty.take(now);
+        let mut part = match self.read_scope(&scope).await {
+            Ok(p) => p,
             Err(e) => return Err(self.ledger_trouble(e)),
         };
-        // Renames, held names, upgrades: before the decision (docs/runs.md).
-        let mut ident = self.identity_step(now, &runs, &latest, &last_slots).await?;
+        let read_at = started.elapsed();
         if let Some(r) = &mut self.replica
             && r.problem.take().is_some()
         {
@@ -303,59 +325,86 @@ impl Controller {
         }
         let left_to_others: BTreeSet<String> = superseded.keys().cloned().collect();
         self.note_superseded(superseded);
+        // Renames, held names, upgrades: before the decision (docs/runs.md).
+        let cache = std::mem::take(&mut self.cache);
+        let ident = self
+            .identity_step(
+                now,
+                &cache.state.runs,
+                &cache.state.latest,
+                &cache.state.last_slots,
+            )
+            .await;
+        self.cache = cache;
+        let mut ident = ident?;
         // another replica's newer copy: neither placed nor canceled here
+        ident.held.extend(left_to_others.iter().cloned());
+        if ident.ledger_changed {
+            scope = Scope::Full;
+            part = self.read_scope(&scope).await?;
+            self.write_specs_report();
+        }
+        let held_changed = self.held_changed(&ident.held);
+        if let Scope::Specs(names) = &scope
+            && !held_changed.is_subset(names)
+        {
+            let mut names = names.clone();
+            names.extend(held_changed);
+            scope = Scope::Specs(names);
+            part = self.read_scope(&scope).await?;
+        }
+        // The memos of runs no longer open go.
+        let cache = &self.cache;
+        self.calls.retain(|id, _| cache.has_run(id));
+        // A run whose request task is running is in flight whatever the ledger says.
+        let in_flight: Vec<String> = self
+            .in_flight
+            .iter()
+            .filter(|id| match &scope {
+                Scope::Full => true,
+                Scope::Specs(_) => scope.contains(cache.spec_of(id).unwrap_or_default()),
+            })
+            .cloned()
+            .collect();
+        let scoped_specs;
+        let (specs, state) = match (&scope, &mut part) {
+            (Scope::Specs(names), Some(part)) => {
+                scoped_specs = reconcile::scoped::specs_in(&self.specs.specs, names);
+                (&scoped_specs, part)
+            }
+            _ => (&self.specs.specs, &mut self.cache.state),
+        };
         let filtered;
         let specs = if left_to_others.is_empty() {
-            &self.specs.specs
+            specs
         } else {
-            ident.held.extend(left_to_others.iter().cloned());
-            filtered = self
-                .specs
-                .specs
+            filtered = specs
                 .iter()
                 .filter(|(n, _)| !left_to_others.contains(*n))
                 .map(|(n, s)| (n.clone(), s.clone()))
                 .collect::<BTreeMap<_, _>>();
             &filtered
         };
-        if ident.ledger_changed {
-            ledger::OpenState {
-                runs,
-                progress,
-                latest,
-                last_slots,
-                promises,
-            } = with_ledger(&self.rt.ledger, read).await?;
-            self.write_specs_report();
+        for id in in_flight {
+            state.progress.entry(id).or_default().in_flight = true;
         }
-        // A run whose request task is running is in flight whatever the ledger says.
-        for id in &self.in_flight {
-            progress.entry(id.clone()).or_default().in_flight = true;
-        }
-        self.calls.retain(|id, _| runs.iter().any(|r| &r.id == id));
         // The promises of calls in progress come from the ledger (they
         // survive a restart); what this process sent since is at least as new.
-        self.stored_promises = Arc::new(promises.clone());
-        for (id, p) in promises {
-            let m = self.calls.entry(id).or_default();
+        self.stored_promises = Arc::new(state.promises.clone());
+        for (id, p) in &state.promises {
+            let m = self.calls.entry(id.clone()).or_default();
             m.placed_hangup_after = Some(p.hangup_after);
             m.last_keep_alive = m.last_keep_alive.max(p.last_keep_alive);
             m.hangup_requested_at = m.hangup_requested_at.max(p.hangup_requested_at);
         }
-        self.due = runs.iter().map(|r| (r.id.clone(), r.due_at)).collect();
-        let health = self.rt.keeper.health();
-        let granted = self.granted_roles(&health);
-        // Live mode: nothing is placed before the token keeper's first answer
-        // (the roles are checked first), nor while no token can be had.
-        let blocked = self.rt.sandbox_callback.is_none() && (health.blocked() || !health.checked);
         let input = reconcile::Input {
             now,
             specs,
             held: &ident.held,
-            runs: &runs,
-            progress: &progress,
-            latest: &latest,
-            last_slots: &last_slots,
+            runs: &state.runs,
+            progress: &state.progress,
+            latest: &state.latest,
+            last_slots: &state.last_slots,
             calls: &self.calls,
             granted_roles: granted.as_deref(),
             jitter_seed: self.rt.jitter_seed,
@@ -374,21 +423,44 @@ impl Controller {
                 ..Settings::default()
             },
         };
-        let decision = reconcile::reconcile(&input);
+        let ident_at = started.elapsed();
+        let (decision, wakes) = reconcile::reconcile_with_wakes(&input);
+        let decided_at = started.elapsed();
+        let actions = decision.actions.len();
+        self.dirty.decided(&scope, &wakes);
         for d in &decision.dropped {
             tracing::warn!(spec = %d.spec, count = d.count, first = %d.first, last = %d.last, "slots passed during downtime were not recorded (too many)");
+        }
+        // The specs acted on are read again at the next decision.
+        for a in &decision.actions {
+            self.dirty.mark(dirty::action_spec(a));
         }
         // Group commit: one transaction for the decision's ledger writes,
         // one for its `requesting` marks (then the requests): batch.rs.
         let inserted = self.apply_all(decision.actions).await;
         if blocked && let Some(problem) = &health.problem {
             // the open runs, and those this decision inserted
-            let mut all: Vec<Run> = runs.clone();
+            let mut all: Vec<Run> = self.cache.state.runs.clone();
             all.extend(inserted.into_values());
             self.note_waiting(&all, &problem.describe(), now).await;
         }
+        let runs = std::mem::take(&mut self.cache.state.runs);
         self.update_status(&runs);
-        let wake = match (decision.wake_at, ident.wake_at) {
+        self.cache.state.runs = runs;
+        tracing::debug!(
+            specs = match &scope {
+                Scope::Full => self.specs.specs.len(),
+                Scope::Specs(s) => s.len(),
+            },
+            full = matches!(scope, Scope::Full),
+            actions,
+            read_ms = read_at.as_secs_f64() * 1e3,
+            identity_ms = (ident_at - read_at).as_secs_f64() * 1e3,
+            reconcile_ms = (decided_at - ident_at).as_secs_f64() * 1e3,
+            total_ms = started.elapsed().as_secs_f64() * 1e3,
+            "decision"
+        );
+        let wake = match (self.dirty.next_wake(), ident.wake_at) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
@@ -501,6 +573,9 @@ impl Controller {
         if ids.is_empty() {
             return;
         }
+        for r in runs.iter().filter(|r| ids.contains(&r.id)) {
+            self.dirty.mark(&r.spec);
+        }
         let why = why.to_string();
         let res = with_ledger(&self.rt.ledger, move |l| {
             for id in &ids {
@@ -526,7 +601,7 @@ impl Controller {
     }
 
     fn due_of(&self, id: &str) -> Option<Timestamp> {
-        self.due.get(id).copied()
+        self.cache.due_of(id)
     }
 
     /// Sends the create request of a run whose `requesting` mark (attempt
@@ -653,13 +728,16 @@ impl Controller {
             Event::Placed { run, outcome } => {
                 tracing::debug!(run = %run, result = outcome, "create request finished");
                 self.in_flight.remove(&run);
+                self.run_changed(&run).await;
             }
             Event::Triggered { run } => {
                 tracing::debug!(run = %run, "run requested through the admin endpoint");
+                self.run_changed(&run).await;
             }
             Event::LedgerChanged => {}
             Event::CallOp { run, op, gone } => {
                 self.ops_in_flight.remove(&(run.clone(), op));
+                self.run_changed(&run).await;
                 if gone && op == "keepAlive" {
                     // 404: the call is gone; record its end as Graph would have.
                     let now = crate::clock::now();
@@ -725,6 +803,7 @@ impl Controller {
                     for ((notice, owner), res) in batch.iter().zip(&owners).zip(results) {
                         match res {
                             Ok(Some(n)) => {
+                                self.dirty.mark(&n.run.spec);
                                 self.rt.metrics.notification("recorded");
                                 if n.change == ledger::StateChange::Recorded {
                                     tracing::debug!(run = %n.run.id, spec = %n.run.spec, state = %notice.update.state, change = ?n.change, "notification")

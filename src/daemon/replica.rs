@@ -167,6 +167,15 @@ impl Replica {
     }
 }
 
+/// A replica's own order of runs due together (a hash of both ids).
+pub(crate) fn spread(replica: &str, run: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    replica.hash(&mut h);
+    run.hash(&mut h);
+    h.finish()
+}
+
 fn short(r: &str) -> &str {
     r.get(..12).unwrap_or(r)
 }

@@ -43,6 +43,7 @@ mod batch;
 pub mod postgres;
 mod replica;
 pub mod rules;
+pub mod scoped;
 mod sqlite;
 
 use std::fmt;
@@ -792,6 +793,13 @@ pub trait Ledger: Send {
     /// waiting run's earliest next try), [`Ledger::latest_runs`],
     /// [`Ledger::last_slots`] and the promises of the calls in progress.
     fn open_state(&self) -> Result<OpenState>;
+
+    /// [`Ledger::open_state`] restricted to the runs of `specs` (and their
+    /// `latest` / `last_slots` entries): a decision about the specs that
+    /// changed reads only their runs (issue 12).
+    fn open_state_of(&self, specs: &std::collections::BTreeSet<String>) -> Result<OpenState> {
+        Ok(scoped::restrict(self.open_state()?, specs))
+    }
 
     /// Deletes finished runs last updated before `cutoff`, with their attempts
     /// and states. The newest run of each spec, and its newest time-slot run,

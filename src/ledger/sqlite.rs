@@ -18,6 +18,7 @@ pub use identity::RenameRecord;
 use super::rules::{self, NotificationEffect, Placed, Refusal, RunView};
 mod batch;
 mod extras;
+mod scoped;
 
 pub use extras::{
     CallPromise, CreateEnd, CreateRecorded, CreateStep, WAITING_PREFIX, requeue_backoff,
@@ -1478,6 +1479,13 @@ impl Ledger for SqliteLedger {
 
     fn open_state(&self) -> Result<crate::ledger::OpenState> {
         self.open_state_impl()
+    }
+
+    fn open_state_of(
+        &self,
+        specs: &std::collections::BTreeSet<String>,
+    ) -> Result<crate::ledger::OpenState> {
+        self.open_state_of_impl(specs)
     }
 
     fn prune(&mut self, cutoff: Timestamp) -> Result<usize> {

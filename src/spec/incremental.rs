@@ -150,6 +150,9 @@ pub struct IncrementalSet {
     /// (kept for [`Snapshot::update_spec_set`](crate::source::Snapshot::update_spec_set)).
     pub source_generation: Option<u64>,
     set: SpecSet,
+    /// Names resolved again since the last [`IncrementalSet::take_touched`]
+    /// (the only names whose spec or invalid mark may have changed).
+    touched: BTreeSet<String>,
 }
 
 fn ctx_key(ctx: &Context) -> String {
@@ -181,6 +184,12 @@ impl IncrementalSet {
     /// the files of the last update).
     pub fn set(&self) -> &SpecSet {
         &self.set
+    }
+
+    /// The names resolved again since the last call: outside them, the
+    /// set's `specs` and `invalid_names` are as they were then.
+    pub fn take_touched(&mut self) -> BTreeSet<String> {
+        std::mem::take(&mut self.touched)
     }
 
     /// Brings the set to `files` (every file of the directory, sorted by
@@ -305,9 +314,10 @@ impl IncrementalSet {
             self.insert(rel, label, hash, load, ctx.now, &mut touched);
         }
         let names_resolved = touched.len();
-        for name in touched {
-            self.resolve(&name);
+        for name in &touched {
+            self.resolve(name);
         }
+        self.touched.extend(touched);
         self.set.file_count = self.entries.len();
         self.rebuild_diagnostics();
         UpdateStats {
