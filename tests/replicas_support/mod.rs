@@ -435,7 +435,7 @@ impl Drop for Cuttable {
 /// pid is not calld's, and kill -9 / SIGSTOP would hit the wrong process.
 ///
 /// What the skew test relies on (checked on Debian 12, libfaketime 0.9.10;
-/// `replicas_skew::faketime_behaves_as_the_harness_assumes` checks it again):
+/// `replicas::skew::faketime_behaves_as_the_harness_assumes` checks it again):
 /// - CLOCK_REALTIME (what `jiff::Timestamp::now()` / SystemTime read) is
 ///   shifted by the offset: the replica's own wall clock is 30 s ahead.
 /// - CLOCK_MONOTONIC: by default libfaketime shifts it too (it then reads

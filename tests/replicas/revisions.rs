@@ -7,12 +7,10 @@
 //!   copies carry an OLDER file mtime, as a lagging checkout would): only
 //!   the newer revision is placed; the lagging replicas hold.
 
-mod replicas_support;
-
 use std::time::{Duration, SystemTime};
 
+use crate::replicas_support::*;
 use jiff::SignedDuration;
-use replicas_support::*;
 
 #[test]
 fn a_spec_reaching_one_copy_first_is_placed_once() {

@@ -5,11 +5,9 @@
 //! for that run: its claim is fenced (the token no longer matches, its
 //! lease has expired by its own monotonic clock and by the database's).
 
-mod replicas_support;
-
 use std::time::Duration;
 
-use replicas_support::*;
+use crate::replicas_support::*;
 
 #[test]
 fn a_stalled_claimer_is_fenced_and_another_replica_places_the_run() {

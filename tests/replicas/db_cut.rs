@@ -3,12 +3,10 @@
 //! ones) stops placing and its `/readyz` is not 200; once the database is
 //! back it resumes; nothing is placed twice.
 
-mod replicas_support;
-
 use std::time::Duration;
 
+use crate::replicas_support::*;
 use jiff::SignedDuration;
-use replicas_support::*;
 
 #[test]
 fn a_replica_cut_off_from_the_database_stops_placing_and_resumes() {

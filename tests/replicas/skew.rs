@@ -4,12 +4,10 @@
 //! is placed twice. The replica must time runs by the database's clock
 //! (its measured offset), not its own.
 
-mod replicas_support;
-
 use std::process::Command;
 
+use crate::replicas_support::*;
 use jiff::{SignedDuration, Timestamp};
-use replicas_support::*;
 
 /// What the harness's comments on libfaketime claim, checked with
 /// coreutils: the faked process's wall clock is ahead, file mtimes are not.

@@ -8,13 +8,11 @@
 //! ends with a recorded outcome. Lateness (create received − due) is
 //! printed, not asserted.
 
-mod replicas_support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use crate::replicas_support::*;
 use jiff::{SignedDuration, Timestamp};
-use replicas_support::*;
 
 const RUNS: usize = 60;
 const SPREAD_MS: i64 = 30_000;
