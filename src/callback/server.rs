@@ -486,6 +486,10 @@ async fn notify(State(st): State<CallbackState>, req: Request) -> Response {
                 let mut r = plain(StatusCode::SERVICE_UNAVAILABLE, "not recorded in time");
                 r.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                // the retry comes on a new connection, which a load
+                // balancer may give to a replica that can record it
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 return r;
             }
             bump(&stats.accepted);
@@ -502,6 +506,8 @@ async fn notify(State(st): State<CallbackState>, req: Request) -> Response {
             let mut r = plain(StatusCode::SERVICE_UNAVAILABLE, reason);
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static(retry));
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
             r
         }
     }
