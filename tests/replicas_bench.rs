@@ -1,7 +1,7 @@
 //! Issue 13 benchmark: three replicas on one PostgreSQL ledger. Prints
 //! figures, asserts only that every run was placed once. Run with
 //!
-//!   cargo test --release --test replicas_bench -- --ignored --nocapture
+//!   cargo test --release --test replicas_bench -- --ignored --nocapture --test-threads 1
 //!
 //! - placements per second across the replicas: 1,000 `at` runs due in the
 //!   same second, then 1,000 spread over 10 s;
@@ -31,6 +31,10 @@ fn opts() -> Opts {
         emulator: "calls: { answerAfter: 10ms, length: 50ms }\n".into(),
         db_proxies: false,
         rust_log: "calld=warn".into(),
+        // CALLD_BENCH_CONCURRENCY=N: graph.maxConcurrentRequests per replica
+        graph_extra: std::env::var("CALLD_BENCH_CONCURRENCY")
+            .map(|n| format!("  maxConcurrentRequests: {n}\n"))
+            .unwrap_or_default(),
         ..Opts::default()
     }
 }

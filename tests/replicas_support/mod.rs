@@ -596,6 +596,8 @@ pub struct Opts {
     pub emulator: String,
     /// More top-level YAML for every replica's configuration.
     pub extra_config: String,
+    /// More keys of the `graph:` section (indented two spaces, one per line).
+    pub graph_extra: String,
     /// Each replica reaches PostgreSQL through a [`Cuttable`] of its own.
     pub db_proxies: bool,
     /// `RUST_LOG` of the replicas.
@@ -614,6 +616,7 @@ impl Default for Opts {
             poll: "200ms".into(),
             emulator: FAST_CALLS.into(),
             extra_config: String::new(),
+            graph_extra: String::new(),
             db_proxies: true,
             rust_log: "calld=info,warn".into(),
             ledger: true,
@@ -841,7 +844,7 @@ impl Cluster {
             let text = format!(
                 "callsDir: {calls}\n\
                  stateDir: {state}\n\
-                 graph:\n  mode: live\n  baseUrl: {base}\n  authorityUrl: {base}\n  tenantId: {TENANT}\n  clientId: {CLIENT_ID}\n  clientSecret: {{ env: {SECRET_ENV} }}\n\
+                 graph:\n  mode: live\n  baseUrl: {base}\n  authorityUrl: {base}\n  tenantId: {TENANT}\n  clientId: {CLIENT_ID}\n  clientSecret: {{ env: {SECRET_ENV} }}\n{graph_extra}\
                  callback:\n  listen: 127.0.0.1:{port}\n  publicUrl: http://{lb_addr}/api/calls\n  openIdConfigUrl: {oid}\n  issuers: [{iss}]\n\
                  admin:\n  listen: 127.0.0.1:{admin_port}\n\
                  defaults:\n  tenantId: {TENANT}\n  source: {{ identity: {{ applicationInstance: {{ id: {APP_ID}, displayName: calld test }} }} }}\n\
@@ -853,6 +856,7 @@ impl Cluster {
                 oid = emu.open_id_config_url(),
                 iss = emu.issuer(),
                 extra = opts.extra_config,
+                graph_extra = opts.graph_extra,
             );
             let text = if opts.extra_config.contains("daemon:") {
                 text
