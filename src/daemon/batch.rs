@@ -215,6 +215,14 @@ impl Controller {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, count = chosen.len(), "cannot mark due runs requesting; nothing was sent");
+                if let Some(r) = &self.replica {
+                    // their claims lapse: another decision (here or on
+                    // another replica) claims them again
+                    let mut held = r.claims.lock().unwrap_or_else(|p| p.into_inner());
+                    for (id, _) in &chosen {
+                        held.remove(id);
+                    }
+                }
                 return;
             }
         };
