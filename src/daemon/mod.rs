@@ -738,7 +738,16 @@ impl Controller {
             Event::CallOp { run, op, gone } => {
                 self.ops_in_flight.remove(&(run.clone(), op));
                 self.run_changed(&run).await;
-                if gone && op == "keepAlive" {
+                let hung_up = self
+                    .calls
+                    .get(&run)
+                    .is_some_and(|m| m.hangup_requested_at.is_some());
+                if gone && op == "keepAlive" && hung_up {
+                    // Our own hang-up ended the call (a keepAlive due at the
+                    // same moment lost the race): Graph's `terminated`
+                    // notification says how it ended, not this 404.
+                    tracing::debug!(run = %run, "keepAlive: 404 after our hang-up; waiting for Graph's terminated notification");
+                } else if gone && op == "keepAlive" {
                     // 404: the call is gone; record its end as Graph would have.
                     let now = crate::clock::now();
                     let update = CallStateUpdate {
