@@ -3,7 +3,9 @@
 //! change or says why not ([`Refusal`]); the store turns a refusal into
 //! [`LedgerError::Refused`](super::LedgerError::Refused) and changes nothing.
 
-use super::{CallState, Outcome, RunState};
+use jiff::Timestamp;
+
+use super::{CallState, LedgerError, Outcome, Run, RunState};
 
 /// Why a change is not allowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +23,71 @@ pub struct RunView<'a> {
     pub call_id: Option<&'a str>,
     /// Whether an `established` notification arrived for the current attempt.
     pub established: bool,
+}
+
+/// The parts of `run` the rules look at.
+pub fn view(run: &Run) -> RunView<'_> {
+    RunView {
+        state: run.state,
+        outcome: run.outcome,
+        call_id: run.call_id.as_deref(),
+        established: run.established_at.is_some(),
+    }
+}
+
+/// The error a store returns for a refused change to `run`.
+pub fn refused(run: &Run, r: Refusal) -> LedgerError {
+    let status = match run.outcome {
+        Some(o) => format!("finished ({o})"),
+        None => run.state.to_string(),
+    };
+    LedgerError::Refused {
+        id: run.id.clone(),
+        action: r.action,
+        status,
+        why: r.why,
+    }
+}
+
+/// Where a keepAlive's (`hang_up: false`) or a hang-up's time is kept
+/// (a column of `run_extras`).
+pub fn call_op_column(hang_up: bool) -> &'static str {
+    if hang_up {
+        "hangup_requested_at"
+    } else {
+        "last_keep_alive"
+    }
+}
+
+/// A keepAlive or hang-up is recorded only for a run still open.
+pub fn check_call_op(run: RunView<'_>) -> Result<(), Refusal> {
+    if run.state == RunState::Finished {
+        Err(Refusal {
+            action: "record a call operation of",
+            why: "the run is finished",
+        })
+    } else {
+        Ok(())
+    }
+}
+
+/// The compare-and-set of a keepAlive or hang-up: refused unless the stored
+/// time of the last one is still `expected` (what the decision read;
+/// another replica sent it otherwise). Times compare at the stored
+/// microsecond precision.
+pub fn check_call_op_unchanged(
+    stored: Option<Timestamp>,
+    expected: Option<Timestamp>,
+) -> Result<(), Refusal> {
+    let us = |t: Option<Timestamp>| t.map(|t| t.as_microsecond());
+    if us(stored) == us(expected) {
+        Ok(())
+    } else {
+        Err(Refusal {
+            action: "record a call operation of",
+            why: super::ALREADY_DONE,
+        })
+    }
 }
 
 /// Order of the in-progress states after `scheduled`: a notification never

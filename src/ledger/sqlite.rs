@@ -15,7 +15,7 @@ use rusqlite::{
 mod identity;
 pub use identity::RenameRecord;
 
-use super::rules::{self, NotificationEffect, Placed, Refusal, RunView};
+use super::rules::{self, NotificationEffect, Placed, Refusal, refused, view};
 mod batch;
 mod extras;
 mod scoped;
@@ -618,28 +618,6 @@ fn load(conn: &Connection, id: &str) -> Result<Option<(i64, Run)>> {
 
 fn load_required(conn: &Connection, id: &str) -> Result<(i64, Run)> {
     load(conn, id)?.ok_or_else(|| LedgerError::UnknownRun { id: id.to_string() })
-}
-
-fn view(run: &Run) -> RunView<'_> {
-    RunView {
-        state: run.state,
-        outcome: run.outcome,
-        call_id: run.call_id.as_deref(),
-        established: run.established_at.is_some(),
-    }
-}
-
-fn refused(run: &Run, r: Refusal) -> LedgerError {
-    let status = match run.outcome {
-        Some(o) => format!("finished ({o})"),
-        None => run.state.to_string(),
-    };
-    LedgerError::Refused {
-        id: run.id.clone(),
-        action: r.action,
-        status,
-        why: r.why,
-    }
 }
 
 fn next_attempt(

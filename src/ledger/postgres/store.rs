@@ -17,7 +17,7 @@ use rand::Rng;
 use super::{PgLedger, notify};
 use crate::identity::Known;
 use crate::ledger::batch::{BatchResult, OpenState, Write, Written};
-use crate::ledger::rules::{self, NotificationEffect, Placed, Refusal, RunView};
+use crate::ledger::rules::{self, NotificationEffect, Placed, Refusal, refused, view};
 use crate::ledger::{
     Attempt, AttemptResult, CallPromise, CallState, CallStateRecord, CallStateUpdate, Claim,
     CreateEnd, CreateRecorded, CreateStep, Disposition, FencingToken, Finish, Inserted, Ledger,
@@ -182,28 +182,6 @@ fn load_required_unlocked(c: &mut impl Q, id: &str) -> Result<(i64, Run)> {
 
 pub(super) fn reload(c: &mut impl Q, id: &str) -> Result<Run> {
     load_required_unlocked(c, id).map(|(_, r)| r)
-}
-
-fn view(run: &Run) -> RunView<'_> {
-    RunView {
-        state: run.state,
-        outcome: run.outcome,
-        call_id: run.call_id.as_deref(),
-        established: run.established_at.is_some(),
-    }
-}
-
-pub(super) fn refused(run: &Run, r: Refusal) -> LedgerError {
-    let status = match run.outcome {
-        Some(o) => format!("finished ({o})"),
-        None => run.state.to_string(),
-    };
-    LedgerError::Refused {
-        id: run.id.clone(),
-        action: r.action,
-        status,
-        why: r.why,
-    }
 }
 
 /// `8-4-4-4-12` hex digits.
@@ -693,23 +671,9 @@ pub(super) fn record_call_op_in(
     at: Timestamp,
 ) -> Result<()> {
     let (seq, run) = load_required(c, id)?;
-    if run.state == RunState::Finished {
-        return Err(LedgerError::Refused {
-            id: id.to_string(),
-            action: "record a call operation of",
-            status: format!(
-                "finished ({})",
-                run.outcome.map(|o| o.as_str()).unwrap_or("")
-            ),
-            why: "the run is finished",
-        });
-    }
+    rules::check_call_op(view(&run)).map_err(|r| refused(&run, r))?;
     ensure_extras(c, seq)?;
-    let column = if hang_up {
-        "hangup_requested_at"
-    } else {
-        "last_keep_alive"
-    };
+    let column = rules::call_op_column(hang_up);
     if let Some(expected) = expected {
         let stored: Option<i64> = c
             .query_one(
@@ -717,18 +681,11 @@ pub(super) fn record_call_op_in(
                 &[&seq],
             )?
             .get(0);
-        if stored != expected.map(us) {
-            return Err(LedgerError::Refused {
-                id: id.to_string(),
-                action: if hang_up {
-                    "record a hang-up of"
-                } else {
-                    "record a keepAlive of"
-                },
-                status: run.state.to_string(),
-                why: crate::ledger::ALREADY_DONE,
-            });
-        }
+        rules::check_call_op_unchanged(
+            stored.and_then(|v| Timestamp::from_microsecond(v).ok()),
+            expected,
+        )
+        .map_err(|r| refused(&run, r))?;
     }
     c.execute(
         &format!("UPDATE run_extras SET {column} = $2 WHERE run_seq = $1"),

@@ -13,8 +13,8 @@ use super::{
     SqliteLedger, begin_attempt_in, finish_attempt_in, load_required, mark_placed_in,
     mark_requesting_in, refused, reload, us,
 };
-use crate::ledger::rules::Refusal;
-use crate::ledger::{AttemptResult, LedgerError, Result, Run, RunState};
+use crate::ledger::rules::{self, Refusal, view};
+use crate::ledger::{AttemptResult, Result, Run, RunState};
 
 /// The reason of a `scheduled` run that is waiting out a passing trouble
 /// (a token outage, a 429): `waiting: <last error>; next try at <time>`.
@@ -337,37 +337,16 @@ pub(super) fn record_call_op_in(
     at: Timestamp,
 ) -> Result<()> {
     let (seq, run) = load_required(tx, id)?;
-    if run.state == RunState::Finished {
-        return Err(LedgerError::Refused {
-            id: id.to_string(),
-            action: "record a call operation of",
-            status: format!(
-                "finished ({})",
-                run.outcome.map(|o| o.as_str()).unwrap_or("")
-            ),
-            why: "the run is finished",
-        });
-    }
+    rules::check_call_op(view(&run)).map_err(|r| refused(&run, r))?;
     ensure_extras(tx, seq)?;
-    let column = if hang_up {
-        "hangup_requested_at"
-    } else {
-        "last_keep_alive"
-    };
+    let column = rules::call_op_column(hang_up);
     if let Some(expected) = expected {
         let stored: Option<i64> = tx.query_row(
             &format!("SELECT {column} FROM run_extras WHERE run_seq = ?1"),
             params![seq],
             |r| r.get(0),
         )?;
-        if stored != expected.map(us) {
-            return Err(LedgerError::Refused {
-                id: id.to_string(),
-                action: "record a call operation of",
-                status: run.state.to_string(),
-                why: crate::ledger::ALREADY_DONE,
-            });
-        }
+        rules::check_call_op_unchanged(ts(stored), expected).map_err(|r| refused(&run, r))?;
     }
     tx.execute(
         &format!("UPDATE run_extras SET {column} = ?2 WHERE run_seq = ?1"),
