@@ -10,6 +10,16 @@ use super::{Controller, with_ledger};
 use crate::identity::{self, Memory};
 use crate::ledger::Run;
 
+/// What the last identity step saw, for the next one to look only at what
+/// changed since (identity::step_since).
+pub(crate) struct LastStep {
+    held: BTreeSet<String>,
+    invalid_files: BTreeSet<String>,
+    unreadable: Vec<String>,
+    /// Every rename and re-key it asked for was applied.
+    clean: bool,
+}
+
 /// What the identity step leaves for the decision.
 pub(crate) struct IdentityView {
     /// Names whose runs are held.
@@ -42,12 +52,12 @@ impl Controller {
         }
         if self.identity.is_none() {
             let known = with_ledger(&self.rt.ledger, |l| l.known_specs()).await?;
-            self.identity = Some(Memory {
+            self.identity = Some(identity::Tracked::new(Memory {
                 known,
                 vanished: BTreeMap::new(),
-            });
+            }));
         }
-        let memory = self.identity.clone().unwrap_or_default();
+        let tracked = self.identity.take().unwrap_or_default();
         let input = identity::Input {
             now,
             specs: &self.specs.specs,
@@ -60,7 +70,26 @@ impl Controller {
             last_slots,
             prune_after: self.rt.config.daemon.prune_after,
         };
-        let step = identity::step(&memory, &input);
+        // Only the names that changed since the last step, when nothing
+        // else did (identity::step_since); else every name.
+        let touched = std::mem::take(&mut self.ident_touched);
+        let scoped = self.ident_last.as_ref().filter(|last| {
+            self.dir_known
+                && last.clean
+                && last.invalid_files == self.specs.invalid_files
+                && last.unreadable == self.unreadable
+        });
+        let (step, scoped) = match scoped {
+            Some(last) => {
+                let since = identity::Since {
+                    names: &touched,
+                    held: &last.held,
+                };
+                (identity::step_since(&tracked, &input, &since), true)
+            }
+            None => (identity::step_all(&tracked, &input), false),
+        };
+        let mut clean = true;
         let mut changed = false;
         for r in &step.renames {
             let (from, to, rev) = (r.from.clone(), r.to.clone(), r.revision.clone());
@@ -77,6 +106,7 @@ impl Controller {
                     tracing::warn!(from = %r.from, to = %r.to, "spec looks renamed, but the new name has runs already: histories are not merged")
                 }
                 Err(e) => {
+                    clean = false;
                     tracing::warn!(from = %r.from, to = %r.to, error = %e, "cannot record a rename")
                 }
             }
@@ -94,6 +124,7 @@ impl Controller {
                 }
                 Ok(false) => {}
                 Err(e) => {
+                    clean = false;
                     tracing::warn!(spec = %a.spec, error = %e, "cannot re-key a run to the new revision format")
                 }
             }
@@ -115,16 +146,43 @@ impl Controller {
                 "specs gone for daemon.pruneAfter are removed now: their planned runs are canceled"
             );
         }
-        if self.dir_known && step.memory.known != memory.known {
-            let (before, after) = (memory.known.clone(), step.memory.known.clone());
+        if self.dir_known && !step.known.is_empty() {
+            let old = &tracked.memory().known;
+            let before: BTreeMap<String, identity::Known> = step
+                .known
+                .keys()
+                .filter_map(|n| old.get(n).map(|k| (n.clone(), k.clone())))
+                .collect();
+            let after: BTreeMap<String, identity::Known> = step
+                .known
+                .iter()
+                .filter_map(|(n, k)| k.clone().map(|k| (n.clone(), k)))
+                .collect();
             if let Err(e) =
                 with_ledger(&self.rt.ledger, move |l| l.save_known(&before, &after)).await
             {
                 tracing::warn!(error = %e, "cannot save the known specs");
             }
         }
-        let why_held = held_reasons(&step, &self.specs, self.dir_known);
-        self.identity = Some(step.memory);
+        let mut tracked = tracked;
+        if self.dir_known {
+            tracked.apply(&step);
+        }
+        tracing::debug!(
+            scoped,
+            names = touched.len(),
+            changed = step.known.len(),
+            held = step.held.len(),
+            "identity step"
+        );
+        let why_held = held_reasons(&step.held, tracked.memory(), &self.specs, self.dir_known);
+        self.identity = Some(tracked);
+        self.ident_last = self.dir_known.then(|| LastStep {
+            held: step.held.clone(),
+            invalid_files: self.specs.invalid_files.clone(),
+            unreadable: self.unreadable.clone(),
+            clean,
+        });
         if why_held != self.held_now {
             self.held_now = why_held;
             self.write_specs_report();
@@ -140,14 +198,14 @@ impl Controller {
 
 /// Why each held name is held, for `calld status` and `/v1/specs`.
 fn held_reasons(
-    step: &identity::Step,
+    held: &BTreeSet<String>,
+    memory: &Memory,
     set: &crate::spec::SpecSet,
     dir_known: bool,
 ) -> BTreeMap<String, String> {
-    step.held
-        .iter()
+    held.iter()
         .map(|name| {
-            let file = step.memory.known.get(name).map(|k| k.file.as_str());
+            let file = memory.known.get(name).map(|k| k.file.as_str());
             let error = set
                 .diagnostics
                 .iter()
@@ -161,7 +219,7 @@ fn held_reasons(
                 });
             let reason = if !dir_known {
                 "the calls directory has not been read yet".to_string()
-            } else if let Some(since) = step.memory.vanished.get(name) {
+            } else if let Some(since) = memory.vanished.get(name) {
                 format!("vanished with many others at {since}: held until daemon.pruneAfter passes")
             } else if let Some(d) = error {
                 format!("{}:{}:{}: {}", d.file, d.line, d.column, d.message)
