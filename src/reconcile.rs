@@ -27,6 +27,7 @@
 //! decision: skip that action and reconcile again.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -112,7 +113,7 @@ pub struct CallMemo {
 pub struct Input<'a> {
     pub now: Timestamp,
     /// Valid specs by name.
-    pub specs: &'a BTreeMap<String, Spec>,
+    pub specs: &'a BTreeMap<String, Arc<Spec>>,
     /// Names of specs that exist but are invalid now: their scheduled runs
     /// are held (neither placed nor canceled) until they are valid again.
     pub held: &'a BTreeSet<String>,
@@ -482,7 +483,12 @@ impl Decider<'_, '_> {
                 }
                 match progress.last_disposition {
                     Some(Disposition::Failed) => {
-                        return self.retry_or_finish(run, spec, &progress, Outcome::Failed);
+                        return self.retry_or_finish(
+                            run,
+                            spec.map(|s| &**s),
+                            &progress,
+                            Outcome::Failed,
+                        );
                     }
                     Some(Disposition::Rejected) => self.finish(
                         run,
@@ -562,7 +568,12 @@ impl Decider<'_, '_> {
                     self.finish(run, Outcome::Completed, "the call ended".to_string());
                     None
                 } else {
-                    self.retry_or_finish(run, spec, &progress, Outcome::NotEstablished)
+                    self.retry_or_finish(
+                        run,
+                        spec.map(|s| &**s),
+                        &progress,
+                        Outcome::NotEstablished,
+                    )
                 }
             }
             RunState::Scheduled | RunState::Finished => None,

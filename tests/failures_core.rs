@@ -156,7 +156,7 @@ fn a_removed_specs_call_is_hung_up_at_the_hangup_after_it_was_placed_with() {
     // placed without hangupAfter: left alone even if the spec now has one
     let mut s = spec("gone", None);
     s.hangup_after = Some(secs(1));
-    w.specs.insert("gone".into(), s);
+    w.specs.insert("gone".into(), std::sync::Arc::new(s));
     w.calls.insert(
         id.clone(),
         CallMemo {

@@ -13,6 +13,7 @@
 mod reconcile_support;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use calld::ledger::{Disposition, Ledger, Outcome, RunKey, RunState, scoped};
@@ -228,7 +229,7 @@ impl Dual {
                 for w in [&mut self.a, &mut self.b] {
                     match e {
                         Edit::Suspend(_, on) => {
-                            if let Some(s) = w.specs.get_mut(&name) {
+                            if let Some(s) = w.specs.get_mut(&name).map(Arc::make_mut) {
                                 s.suspend = on;
                             }
                         }
@@ -238,7 +239,7 @@ impl Dual {
                                     w.held.insert(name.clone());
                                 }
                             } else if w.held.remove(&name) {
-                                w.specs.insert(name.clone(), orig.clone());
+                                w.specs.insert(name.clone(), Arc::new(orig.clone()));
                             }
                         }
                         Edit::Remove(_) => {
@@ -247,11 +248,11 @@ impl Dual {
                         }
                         Edit::Restore(_) => {
                             if !w.held.contains(&name) {
-                                w.specs.insert(name.clone(), orig.clone());
+                                w.specs.insert(name.clone(), Arc::new(orig.clone()));
                             }
                         }
                         Edit::Reschedule(_) => {
-                            if let Some(s) = w.specs.get_mut(&name)
+                            if let Some(s) = w.specs.get_mut(&name).map(Arc::make_mut)
                                 && let Some(old) = &s.schedule
                                 && matches!(old.trigger, calld::schedule::Trigger::Cron(_))
                             {

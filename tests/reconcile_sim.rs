@@ -164,7 +164,7 @@ impl Sim {
         let name = |i: usize| self.originals[i].name.clone();
         match *edit {
             Edit::Suspend(i, on) => {
-                if let Some(s) = self.w.specs.get_mut(&name(i)) {
+                if let Some(s) = self.w.specs.get_mut(&name(i)).map(std::sync::Arc::make_mut) {
                     s.suspend = on;
                 }
             }
@@ -174,7 +174,9 @@ impl Sim {
                         self.w.held.insert(name(i));
                     }
                 } else if self.w.held.remove(&name(i)) {
-                    self.w.specs.insert(name(i), self.originals[i].clone());
+                    self.w
+                        .specs
+                        .insert(name(i), std::sync::Arc::new(self.originals[i].clone()));
                 }
             }
             Edit::Remove(i) => {
@@ -183,11 +185,13 @@ impl Sim {
             }
             Edit::Restore(i) => {
                 if !self.w.held.contains(&name(i)) {
-                    self.w.specs.insert(name(i), self.originals[i].clone());
+                    self.w
+                        .specs
+                        .insert(name(i), std::sync::Arc::new(self.originals[i].clone()));
                 }
             }
             Edit::Reschedule(i, expr) => {
-                if let Some(s) = self.w.specs.get_mut(&name(i))
+                if let Some(s) = self.w.specs.get_mut(&name(i)).map(std::sync::Arc::make_mut)
                     && let Some(old) = &s.schedule
                 {
                     let mut sched = cron(expr);

@@ -147,7 +147,7 @@ fn a_suspended_spec_has_its_due_runs_skipped_and_places_nothing() {
         )]
     );
     // Resumed: the next slot is placed as usual.
-    w.specs.get_mut("standup").unwrap().suspend = false;
+    std::sync::Arc::make_mut(w.specs.get_mut("standup").unwrap()).suspend = false;
     let (_, a) = step(&mut w, ts("2026-03-03T09:00:00Z"));
     assert_eq!(a.placed.len(), 1);
 }
@@ -160,7 +160,7 @@ fn an_unscheduled_suspended_spec_waits_and_is_placed_when_resumed() {
     let (d, _) = step(&mut w, ts("2026-03-02T08:00:00Z"));
     assert!(d.actions.is_empty());
     assert_eq!(d.wake_at, None);
-    w.specs.get_mut("once").unwrap().suspend = false;
+    std::sync::Arc::make_mut(w.specs.get_mut("once").unwrap()).suspend = false;
     let (_, a) = step(&mut w, ts("2026-03-02T08:05:00Z"));
     assert_eq!(a.placed.len(), 1);
 }
@@ -249,15 +249,17 @@ fn a_spec_removed_and_added_back_plans_from_now_not_from_its_canceled_run() {
 fn a_changed_schedule_cancels_the_slots_it_no_longer_has() {
     let mut w = World::new(vec![spec("standup", Some(cron("0 9 * * *")))]);
     step(&mut w, ts("2026-03-02T08:00:00Z"));
-    w.specs.get_mut("standup").unwrap().schedule = Some(cron("30 8 * * *"));
-    w.specs.get_mut("standup").unwrap().revision = "rev-2".into();
+    std::sync::Arc::make_mut(w.specs.get_mut("standup").unwrap()).schedule =
+        Some(cron("30 8 * * *"));
+    std::sync::Arc::make_mut(w.specs.get_mut("standup").unwrap()).revision = "rev-2".into();
     let (d, _) = step(&mut w, ts("2026-03-02T08:10:00Z"));
     assert_eq!(finishes(&d).len(), 1);
     assert_eq!(finishes(&d)[0].1, Outcome::Canceled);
     assert_eq!(finishes(&d)[0].0, &key("standup", "2026-03-02T09:00:00Z"));
     assert_eq!(d.wake_at, Some(ts("2026-03-02T08:30:00Z")));
     // A slot both schedules have is kept.
-    w.specs.get_mut("standup").unwrap().schedule = Some(cron("30 8,9 * * *"));
+    std::sync::Arc::make_mut(w.specs.get_mut("standup").unwrap()).schedule =
+        Some(cron("30 8,9 * * *"));
     let (d, _) = step(&mut w, ts("2026-03-02T08:11:00Z"));
     assert!(d.actions.is_empty(), "{:?}", d.actions);
 }
@@ -280,7 +282,7 @@ fn an_unscheduled_spec_runs_once_per_revision() {
     // Same revision (a comment edit): nothing; a new one: placed again.
     let (d, _) = step(&mut w, ts("2026-03-02T09:00:00Z"));
     assert!(d.actions.is_empty());
-    w.specs.get_mut("once").unwrap().revision = "rev-once-2".into();
+    std::sync::Arc::make_mut(w.specs.get_mut("once").unwrap()).revision = "rev-once-2".into();
     let (_, a) = step(&mut w, ts("2026-03-02T09:00:10Z"));
     assert_eq!(a.placed[0].0, RunKey::revision("once", "rev-once-2"));
 }

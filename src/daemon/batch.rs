@@ -11,6 +11,7 @@
 //! next decision sees the new state.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::ledger::{self, CallPromise, Finish, Ledger, Run, RunKey, Write, Written};
 use crate::reconcile::Action;
@@ -175,7 +176,7 @@ impl Controller {
             };
             due.sort_by_cached_key(|(id, _)| (second(id), super::replica::spread(&r.id, id)));
         }
-        let mut chosen: Vec<(String, Spec)> = Vec::new();
+        let mut chosen: Vec<(String, Arc<Spec>)> = Vec::new();
         for (id, key) in due {
             if self.in_flight.contains(&id) || chosen.iter().any(|(c, _)| *c == id) {
                 continue;
@@ -255,7 +256,7 @@ impl Controller {
     /// local ledger. A claim is timed by the store's clock.
     async fn claim_due(
         &mut self,
-        chosen: &mut Vec<(String, Spec)>,
+        chosen: &mut Vec<(String, Arc<Spec>)>,
         now: jiff::Timestamp,
     ) -> HashMap<String, ledger::FencingToken> {
         if self.replica.is_none() {

@@ -18,7 +18,7 @@ mod dirty;
 mod identity;
 mod logs;
 pub(crate) mod replica;
-mod report;
+pub mod report;
 mod setup;
 pub(crate) mod store;
 
@@ -106,7 +106,7 @@ pub struct Runtime {
     /// systemd: READY/STATUS/WATCHDOG/RELOADING/STOPPING (no-op outside systemd).
     pub notifier: crate::systemd::Notifier,
     /// The latest spec report, served by the admin endpoint's `/v1/specs`.
-    pub specs_json: Arc<Mutex<serde_json::Value>>,
+    pub specs_json: Arc<Mutex<report::SpecsReport>>,
 }
 
 /// The controller: every decision is taken here, one at a time.
@@ -140,7 +140,11 @@ pub(crate) struct Controller {
     pub(crate) deferred: bool,
     /// Run identity between snapshots (loaded from the ledger at the first
     /// decision): [`crate::identity`].
-    identity: Option<crate::identity::Memory>,
+    identity: Option<crate::identity::Tracked>,
+    /// The names the snapshots loaded since the last identity step touched.
+    ident_touched: BTreeSet<String>,
+    /// What the last identity step saw (identity.rs).
+    ident_last: Option<identity::LastStep>,
     /// Whether the calls directory has been read successfully once.
     pub(crate) dir_known: bool,
     /// The names held at the last decision, with why (for the spec report).
@@ -191,6 +195,8 @@ impl Controller {
             load_log: logs::LoadLog::default(),
             deferred: false,
             identity: None,
+            ident_touched: BTreeSet::new(),
+            ident_last: None,
             dir_known: false,
             held_now: BTreeMap::new(),
             unreadable: Vec::new(),
@@ -223,6 +229,7 @@ impl Controller {
         for name in &touched {
             self.dirty.mark(name);
         }
+        self.ident_touched.extend(touched.iter().cloned());
         self.report.touch(&touched);
         if snap.root_error.is_none() {
             self.dir_known = true;
@@ -606,7 +613,7 @@ impl Controller {
 
     /// Sends the create request of a run whose `requesting` mark (attempt
     /// `attempt`) is on disk, from a task of its own.
-    fn send_create(&mut self, id: String, spec: Spec, attempt: u32, now: Timestamp) {
+    fn send_create(&mut self, id: String, spec: Arc<Spec>, attempt: u32, now: Timestamp) {
         self.in_flight.insert(id.clone());
         // a new call: nothing sent for it yet (an earlier attempt's
         // keepAlive or hang-up times do not carry over)
@@ -1136,7 +1143,7 @@ pub fn specs_report(set: &SpecSet) -> serde_json::Value {
     let specs: Vec<_> = set
         .specs
         .values()
-        .map(crate::status::spec_report_entry)
+        .map(|s| crate::status::spec_report_entry(s))
         .collect();
     json!({
         "updatedAt": crate::clock::now().to_string(),

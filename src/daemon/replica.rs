@@ -82,7 +82,7 @@ impl Replica {
     /// here, for the changed specs only.
     pub(crate) fn views_to_publish(
         &self,
-        specs: &BTreeMap<String, Spec>,
+        specs: &BTreeMap<String, Arc<Spec>>,
         held: &BTreeSet<String>,
         calls_dir: &Path,
         now: Timestamp,
@@ -120,7 +120,10 @@ impl Replica {
 
     /// The specs this replica must hold because another replica's copy is
     /// newer (a different revision, or deleted there), with why.
-    pub(crate) fn superseded(&self, specs: &BTreeMap<String, Spec>) -> BTreeMap<String, String> {
+    pub(crate) fn superseded(
+        &self,
+        specs: &BTreeMap<String, Arc<Spec>>,
+    ) -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();
         for (name, newest) in &self.newest {
             let mine = specs.get(name).map(|s| s.revision.as_str());

@@ -2,7 +2,7 @@
 //! item 4): updated for the specs that changed, not rebuilt, and written
 //! to `specs.json` off the decision path when it is large.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use serde_json::json;
@@ -44,6 +44,66 @@ impl ReportState {
     }
 }
 
+/// The spec report as the daemon keeps it: each spec's entry as compact
+/// JSON text (a few hundred bytes, where a `serde_json::Value` tree took
+/// a few kilobytes: issue 12, item 4), the rest as JSON values. Readers
+/// get the whole document with [`SpecsReport::to_value`].
+#[derive(Debug, Default)]
+pub struct SpecsReport {
+    /// Set at the first update: before, the report is `null`.
+    ready: bool,
+    /// Every top-level field but `specs`.
+    head: serde_json::Map<String, serde_json::Value>,
+    /// Per spec name, its entry ([`crate::status::spec_report_entry`]).
+    entries: BTreeMap<String, Box<str>>,
+}
+
+impl SpecsReport {
+    /// The document `calld status` and `/v1/specs` read.
+    pub fn to_value(&self) -> serde_json::Value {
+        if !self.ready {
+            return serde_json::Value::Null;
+        }
+        let mut doc = self.head.clone();
+        let specs = self
+            .entries
+            .values()
+            .map(|e| serde_json::from_str(e).expect("an entry is JSON"))
+            .collect();
+        doc.insert("specs".into(), serde_json::Value::Array(specs));
+        serde_json::Value::Object(doc)
+    }
+
+    /// The document as JSON text (what `specs.json` holds), without a
+    /// tree of it in between.
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut out =
+            Vec::with_capacity(self.entries.values().map(|e| e.len() + 2).sum::<usize>() + 4096);
+        out.push(b'{');
+        for (k, v) in &self.head {
+            serde_json::to_writer(&mut out, k).expect("JSON");
+            out.push(b':');
+            serde_json::to_writer(&mut out, v).expect("JSON");
+            out.extend_from_slice(b",\n");
+        }
+        out.extend_from_slice(b"\"specs\":[");
+        for (i, e) in self.entries.values().enumerate() {
+            if i > 0 {
+                out.extend_from_slice(b",\n");
+            }
+            out.extend_from_slice(e.as_bytes());
+        }
+        out.extend_from_slice(b"]}\n");
+        out
+    }
+
+    fn set_entry(&mut self, spec: &crate::spec::Spec) {
+        let entry = crate::status::spec_report_entry(spec).to_string();
+        self.entries
+            .insert(spec.name.clone(), entry.into_boxed_str());
+    }
+}
+
 impl Controller {
     /// `<stateDir>/specs.json`: the daemon's view of the calls directory,
     /// read by `calld status` (written atomically).
@@ -52,38 +112,36 @@ impl Controller {
         let whole = std::mem::take(&mut self.report.whole);
         {
             let mut doc = self.rt.specs_json.lock().unwrap_or_else(|p| p.into_inner());
-            let patchable = doc.get("specs").is_some_and(|s| s.is_array());
-            if whole || !patchable {
-                *doc = specs_report(&self.specs);
+            let set = &self.specs;
+            if whole || !doc.ready {
+                doc.entries.clear();
+                for s in set.specs.values() {
+                    doc.set_entry(s);
+                }
+                doc.ready = true;
             } else {
-                let set = &self.specs;
-                let specs = doc["specs"].as_array_mut().expect("an array");
                 for name in &touched {
-                    let at = specs.binary_search_by(|e| {
-                        e["name"].as_str().unwrap_or_default().cmp(name.as_str())
-                    });
-                    match (at, set.specs.get(name)) {
-                        (Ok(i), Some(s)) => specs[i] = crate::status::spec_report_entry(s),
-                        (Ok(i), None) => {
-                            specs.remove(i);
+                    match set.specs.get(name) {
+                        Some(s) => doc.set_entry(s),
+                        None => {
+                            doc.entries.remove(name);
                         }
-                        (Err(i), Some(s)) => specs.insert(i, crate::status::spec_report_entry(s)),
-                        (Err(_), None) => {}
                     }
                 }
-                doc["updatedAt"] = json!(crate::clock::now().to_string());
-                doc["files"] = json!(set.file_count);
-                doc["invalidNames"] = json!(set.invalid_names);
-                doc["invalidFiles"] = json!(set.invalid_files);
-                doc["diagnostics"] = json!(set.diagnostics);
             }
-            doc["held"] = json!(self.held_now);
+            let head = &mut doc.head;
+            head.insert("updatedAt".into(), json!(crate::clock::now().to_string()));
+            head.insert("files".into(), json!(set.file_count));
+            head.insert("invalidNames".into(), json!(set.invalid_names));
+            head.insert("invalidFiles".into(), json!(set.invalid_files));
+            head.insert("diagnostics".into(), json!(set.diagnostics));
+            head.insert("held".into(), json!(self.held_now));
             #[cfg(debug_assertions)]
             {
                 let mut full = specs_report(&self.specs);
                 full["held"] = json!(self.held_now);
-                full["updatedAt"] = doc["updatedAt"].clone();
-                debug_assert_eq!(*doc, full, "the patched spec report");
+                full["updatedAt"] = doc.head["updatedAt"].clone();
+                debug_assert_eq!(doc.to_value(), full, "the patched spec report");
             }
         }
         let json = self.rt.specs_json.clone();
@@ -92,10 +150,7 @@ impl Controller {
         let writer = self.report.writer.clone();
         let write = move || {
             let _guard = writer.lock().unwrap_or_else(|p| p.into_inner());
-            let bytes = {
-                let doc = json.lock().unwrap_or_else(|p| p.into_inner());
-                serde_json::to_vec_pretty(&*doc).expect("JSON")
-            };
+            let bytes = json.lock().unwrap_or_else(|p| p.into_inner()).to_json();
             let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, &path));
             if let Err(e) = result {
                 tracing::warn!(path = %path.display(), error = %e, "cannot write the spec report for `calld status`");

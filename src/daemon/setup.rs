@@ -318,7 +318,7 @@ async fn run_async(
     let once = args.once.then_some(args.timeout);
     let metrics = crate::metrics::Metrics::new();
     let notifier = crate::systemd::Notifier::from_env();
-    let specs_json = Arc::new(Mutex::new(serde_json::Value::Null));
+    let specs_json = Arc::new(Mutex::new(super::report::SpecsReport::default()));
     let admin_state = admin_state(&metrics, &specs_json, &ledger, events_tx.clone());
     let admin_task = start_admin(&config.admin.listen, admin_state.clone(), shutdown()).await;
     let sandbox = sandbox_callback.is_some();
@@ -617,7 +617,7 @@ async fn run_async(
 /// controller's latest report, `/v1/runs` from the ledger.
 fn admin_state(
     metrics: &crate::metrics::Metrics,
-    specs: &Arc<Mutex<serde_json::Value>>,
+    specs: &Arc<Mutex<super::report::SpecsReport>>,
     ledger: &super::SharedLedger,
     events: mpsc::Sender<Event>,
 ) -> crate::admin::AdminState {
@@ -628,16 +628,16 @@ fn admin_state(
     let (specs4, ledger4) = (specs.clone(), ledger.clone());
     let (specs5, ledger5) = (specs.clone(), ledger.clone());
     crate::admin::AdminState::new(metrics.clone())
-        .with_specs(move || specs.lock().unwrap_or_else(|p| p.into_inner()).clone())
+        .with_specs(move || specs.lock().unwrap_or_else(|p| p.into_inner()).to_value())
         .with_status(move || {
-            let report = specs2.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let report = specs2.lock().unwrap_or_else(|p| p.into_inner()).to_value();
             let l = ledger2.lock().unwrap_or_else(|p| p.into_inner());
             let input =
                 crate::status::StatusInput::from_ledger(l.as_ref(), report).map_err(|e| e.to_string())?;
             Ok(crate::status::status_doc(&input, crate::clock::now()))
         })
         .with_actions(move |path, body| {
-            let report = specs4.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let report = specs4.lock().unwrap_or_else(|p| p.into_inner()).to_value();
             let now = crate::clock::now();
             let doc = {
                 let mut l = ledger4.lock().unwrap_or_else(|p| p.into_inner());
@@ -666,7 +666,7 @@ fn admin_state(
             Ok(doc)
         })
         .with_dashboard(move || {
-            let report = specs5.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let report = specs5.lock().unwrap_or_else(|p| p.into_inner()).to_value();
             let now = crate::clock::now();
             let l = ledger5.lock().unwrap_or_else(|p| p.into_inner());
             let input = crate::status::StatusInput::from_ledger(l.as_ref(), report.clone())
@@ -691,7 +691,7 @@ fn admin_state(
             Ok(crate::dashboard::render(&doc, &report, &recent, now))
         })
         .with_refresh(move || {
-            let report = specs3.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let report = specs3.lock().unwrap_or_else(|p| p.into_inner()).to_value();
             let l = ledger3.lock().unwrap_or_else(|p| p.into_inner());
             if let Err(e) =
                 crate::status::refresh_spec_metrics(&metrics3, l.as_ref(), &report, crate::clock::now())

@@ -11,6 +11,7 @@
 //! the specs whose time comes. Pure: no clock, no I/O.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use jiff::Timestamp;
 
@@ -144,9 +145,9 @@ impl DirtySet {
 /// The specs of `names` that exist in `specs` (a decision over a scope
 /// takes these as its specs).
 pub fn specs_in(
-    specs: &BTreeMap<String, Spec>,
+    specs: &BTreeMap<String, Arc<Spec>>,
     names: &BTreeSet<String>,
-) -> BTreeMap<String, Spec> {
+) -> BTreeMap<String, Arc<Spec>> {
     names
         .iter()
         .filter_map(|n| specs.get(n).map(|s| (n.clone(), s.clone())))

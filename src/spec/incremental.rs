@@ -23,6 +23,7 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use jiff::Timestamp;
 
@@ -427,7 +428,7 @@ impl IncrementalSet {
             self.set.invalid_names.remove(name);
             return;
         }
-        let specs: Vec<&Spec> = claims
+        let specs: Vec<&Arc<Spec>> = claims
             .valid
             .keys()
             .filter_map(|rel| self.entries.get(rel))

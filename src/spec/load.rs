@@ -2,6 +2,7 @@
 //! problem reported and one bad file never hiding the others.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use super::diag::{Diagnostic, Severity};
 use super::files::MAX_SPEC_FILE_BYTES;
@@ -13,7 +14,8 @@ use super::yaml::{Pos, Value, parse_documents};
 #[derive(Debug, Clone, Default)]
 pub struct FileLoad {
     pub file: String,
-    pub specs: Vec<Spec>,
+    /// Shared, not copied, by the spec sets built from this load.
+    pub specs: Vec<Arc<Spec>>,
     pub diagnostics: Vec<Diagnostic>,
     /// Names of documents that failed validation, where a name was known:
     /// their runs are held, not canceled, until they are valid again.
@@ -30,7 +32,7 @@ impl FileLoad {
 #[derive(Debug, Clone, Default)]
 pub struct SpecSet {
     /// Valid specs by name (duplicates removed: neither runs).
-    pub specs: BTreeMap<String, Spec>,
+    pub specs: BTreeMap<String, Arc<Spec>>,
     /// Every finding, by file then position.
     pub diagnostics: Vec<Diagnostic>,
     /// Names whose spec exists but is invalid (or duplicated).
@@ -156,7 +158,7 @@ pub fn load_file(label: &str, rel: &str, bytes: &[u8], ctx: &Context) -> FileLoa
             d.spec = name.clone();
         }
         match spec {
-            Some(s) => out.specs.push(s),
+            Some(s) => out.specs.push(Arc::new(s)),
             None => {
                 if let Some(n) = name {
                     out.invalid_names.insert(n);
@@ -278,7 +280,7 @@ pub fn load_input(input: Input<'_>, ctx: &Context) -> FileLoad {
 #[derive(Debug, Default)]
 pub struct SetBuilder {
     set: SpecSet,
-    by_name: BTreeMap<String, Vec<Spec>>,
+    by_name: BTreeMap<String, Vec<Arc<Spec>>>,
     // names of invalid documents, with their files: a valid spec sharing a
     // name with an invalid one is a duplicate too (else fixing the invalid
     // one would silently stop the valid one)

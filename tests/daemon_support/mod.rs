@@ -213,7 +213,19 @@ impl Env {
         self.starts.set(n);
         let log = self.dir.path().join(format!("daemon-{n}.log"));
         let out = self.dir.path().join(format!("daemon-{n}.out"));
-        let mut cmd = Command::new(BIN);
+        // CALLD_BENCH_WRAP="heaptrack -o /tmp/ht": run the daemon under a
+        // profiler (benchmarks only; its RSS figures are then the wrapper's)
+        let wrap: Vec<String> = std::env::var("CALLD_BENCH_WRAP")
+            .map(|w| w.split_whitespace().map(str::to_string).collect())
+            .unwrap_or_default();
+        let mut cmd = match wrap.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
         cmd.arg("run")
             .arg("--config")
             .arg(&self.config)

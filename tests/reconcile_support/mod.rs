@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use calld::ledger::{
@@ -80,7 +81,7 @@ pub fn with_concurrency(mut s: Schedule, c: Concurrency) -> Schedule {
 /// The daemon's side of the world: specs, the ledger and its memory.
 pub struct World {
     pub ledger: SqliteLedger,
-    pub specs: BTreeMap<String, Spec>,
+    pub specs: BTreeMap<String, Arc<Spec>>,
     pub held: BTreeSet<String>,
     pub calls: BTreeMap<String, CallMemo>,
     pub roles: Option<Vec<String>>,
@@ -110,7 +111,10 @@ impl World {
     pub fn new(specs: Vec<Spec>) -> World {
         World {
             ledger: SqliteLedger::open_in_memory().unwrap(),
-            specs: specs.into_iter().map(|s| (s.name.clone(), s)).collect(),
+            specs: specs
+                .into_iter()
+                .map(|s| (s.name.clone(), Arc::new(s)))
+                .collect(),
             held: BTreeSet::new(),
             calls: BTreeMap::new(),
             roles: None,
