@@ -220,6 +220,7 @@ fn scale_100k() {
     let name = "team-007/s000007";
     let before = env.history(name);
     assert_eq!(before.len(), 1);
+    let log_before = d.log_text().len();
     let t = Instant::now();
     env.drop_spec(
         rel,
@@ -246,6 +247,17 @@ fn scale_100k() {
         t.elapsed()
     );
     println!("RSS after the change: {} MB", rss_kb(d.pid()) / 1024);
+    if trace {
+        std::thread::sleep(Duration::from_millis(500));
+        let log = d.log_text();
+        for line in log[log_before.min(log.len())..].lines().filter(|l| {
+            ["rescan", "snapshot loaded", "identity step", "decision"]
+                .iter()
+                .any(|w| l.contains(w))
+        }) {
+            println!("  {line}");
+        }
+    }
 
     // drop → create: a new spec without a schedule is placed at once
     let mut lat = Vec::new();

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::json;
 
-use super::{Controller, SPECS_REPORT, specs_report};
+use super::{Controller, SPECS_REPORT};
 
 /// Above this many specs, `specs.json` is written from a blocking thread
 /// (the latest report; writes that pile up are coalesced).
@@ -138,7 +138,7 @@ impl Controller {
             head.insert("held".into(), json!(self.held_now));
             #[cfg(debug_assertions)]
             {
-                let mut full = specs_report(&self.specs);
+                let mut full = super::specs_report(&self.specs);
                 full["held"] = json!(self.held_now);
                 full["updatedAt"] = doc.head["updatedAt"].clone();
                 debug_assert_eq!(doc.to_value(), full, "the patched spec report");

@@ -88,12 +88,24 @@ impl Pacer {
     }
 
     /// A rescan starts now: what was pending is covered by it; events that
-    /// arrive from now on call for another one.
-    pub fn scan_started(&mut self, now: Instant) {
+    /// arrive from now on call for another one. Only a full scan
+    /// ([`Pacer::resynced`]) moves the resync clock: a stream of events
+    /// neither postpones the safety net nor turns the scan of an event
+    /// into a full one.
+    pub fn scan_started(&mut self, _now: Instant) {
         self.dirty_since = None;
         self.last_event = None;
         self.requested = false;
         self.follow_up = None;
+    }
+
+    /// Whether the periodic full scan is due at `now`.
+    pub fn resync_due(&self, now: Instant) -> bool {
+        now >= self.next_resync
+    }
+
+    /// A full scan starts now: the next resync is one interval later.
+    pub fn resynced(&mut self, now: Instant) {
         self.next_resync = now + self.resync;
     }
 }
@@ -158,12 +170,31 @@ mod tests {
         p.follow_up(t0 + 5 * MS);
         assert!(p.is_due(t0));
         p.scan_started(t0 + 100 * MS);
+        p.resynced(t0 + 100 * MS);
         assert!(!p.is_dirty());
         assert!(!p.is_due(t0 + 100 * MS));
         assert_eq!(p.next_due(t0), t0 + 60_100 * MS);
         // an event during the scan calls for another one
         p.event(t0 + 120 * MS);
         assert_eq!(p.next_due(t0), t0 + 170 * MS);
+    }
+
+    #[test]
+    fn a_stream_of_event_scans_does_not_postpone_the_resync() {
+        let t0 = Instant::now();
+        let mut p = pacer(t0);
+        let mut t = t0;
+        while t < t0 + 61_000 * MS {
+            p.event(t);
+            t += 100 * MS;
+            if p.is_due(t) {
+                p.scan_started(t);
+            }
+        }
+        assert!(p.resync_due(t0 + 60_000 * MS));
+        p.resynced(t0 + 60_000 * MS);
+        assert!(!p.resync_due(t0 + 119_999 * MS));
+        assert!(p.resync_due(t0 + 120_000 * MS));
     }
 
     #[test]

@@ -135,8 +135,9 @@ pub struct Snapshot {
     pub generation: u64,
     /// The calls directory as configured.
     pub dir: PathBuf,
-    /// Every spec file, by relative path.
-    pub files: BTreeMap<String, FileSnapshot>,
+    /// Every spec file, by relative path (shared with the snapshot before
+    /// when nothing changed).
+    pub files: Arc<BTreeMap<String, FileSnapshot>>,
     /// Problems met while listing (an unreadable folder, a dangling symlink).
     pub problems: Vec<WalkProblem>,
     /// Set when the calls directory itself could not be read (missing, not
@@ -324,9 +325,14 @@ impl Scanner {
         self.tree_has_links = links;
         stats.files_listed = listed.len();
 
+        let hold_recent = self.hold_recent.take();
+        if hold_recent.is_none()
+            && let Some(same) = self.unchanged(&listed, &problems, &mut stats, started)
+        {
+            return same;
+        }
         let mut files = BTreeMap::new();
         let mut seen = HashMap::with_capacity(listed.len());
-        let hold_recent = self.hold_recent.take();
         for file in listed {
             let old = self.cache.remove(&file.rel);
             let Some(cached) = self.visit(&file, old, scan_start, hold_recent, &mut stats) else {
@@ -360,7 +366,50 @@ impl Scanner {
                         .any(|(a, b)| a.rel != b.rel || a.hash != b.hash || a.path != b.path)
             }
         };
-        self.finish(files, problems, None, changed, stats, None)
+        self.finish(Arc::new(files), problems, None, changed, stats, None)
+    }
+
+    /// The snapshot of a full scan where nothing changed since the last
+    /// one (every listed file known, with the same stat key, none racy or
+    /// being written), without a copy of the file map; `None` when
+    /// something may have changed. Costs a stat per file, no read and no
+    /// allocation per file (issue 12: the resync is cheap when idle).
+    fn unchanged(
+        &mut self,
+        listed: &[SpecFile],
+        problems: &[WalkProblem],
+        stats: &mut ScanStats,
+        started: Instant,
+    ) -> Option<Arc<Snapshot>> {
+        let last = self.last.as_ref()?;
+        if last.root_error.is_some()
+            || last.problems != problems
+            || last.files.len() != listed.len()
+            || self.cache.len() != listed.len()
+        {
+            return None;
+        }
+        for file in listed {
+            let cached = self.cache.get(&file.rel)?;
+            if cached.racy || cached.key.is_none() || self.is_unsettled(file) {
+                return None;
+            }
+            let meta = std::fs::metadata(&file.path).ok()?;
+            if cached.key != Some(StatKey::of(&meta)) {
+                return None;
+            }
+            if last
+                .files
+                .get(&file.rel)
+                .is_none_or(|f| f.path != file.path)
+            {
+                return None;
+            }
+        }
+        stats.elapsed = started.elapsed();
+        let files = last.files.clone();
+        let problems = last.problems.clone();
+        Some(self.finish(files, problems, None, false, stats.clone(), None))
     }
 
     /// Looks at one listed file: its cached state when its stat key is
@@ -534,7 +583,7 @@ impl Scanner {
             todo.insert(rel, found);
         }
         let last = self.last.clone().expect("checked");
-        let mut files = last.files.clone();
+        let mut files = (*last.files).clone();
         let mut stats = ScanStats {
             targeted: true,
             folders_listed,
@@ -591,7 +640,14 @@ impl Scanner {
         stats.files_listed = files.len();
         stats.elapsed = started.elapsed();
         let delta = Some((last.generation, delta));
-        self.finish(files, last.problems.clone(), None, changed, stats, delta)
+        self.finish(
+            Arc::new(files),
+            last.problems.clone(),
+            None,
+            changed,
+            stats,
+            delta,
+        )
     }
 
     fn publish_root_error(&mut self, message: String, stats: ScanStats) -> Arc<Snapshot> {
@@ -601,14 +657,14 @@ impl Scanner {
                 last.problems.clone(),
                 last.root_error.as_deref() != Some(message.as_str()),
             ),
-            None => (BTreeMap::new(), Vec::new(), true),
+            None => (Arc::new(BTreeMap::new()), Vec::new(), true),
         };
         self.finish(files, problems, Some(message), changed, stats, None)
     }
 
     fn finish(
         &mut self,
-        files: BTreeMap<String, FileSnapshot>,
+        files: Arc<BTreeMap<String, FileSnapshot>>,
         problems: Vec<WalkProblem>,
         root_error: Option<String>,
         changed: bool,

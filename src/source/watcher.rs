@@ -399,8 +399,6 @@ struct Source {
     /// The next scan is a full one (first scan, overflow, watcher error,
     /// requested, a watch added, the directory unreadable).
     full_next: bool,
-    /// When the last full scan started: one is due every resync interval.
-    last_full: Instant,
 }
 
 /// More paths than this in one rescan: a full scan is as cheap.
@@ -459,6 +457,7 @@ impl Source {
     /// One rescan; arranges follow-ups. Returns the snapshot.
     fn rescan(&mut self) -> Arc<Snapshot> {
         let started = Instant::now();
+        let resync_due = self.pacer.resync_due(started);
         self.pacer.scan_started(started);
         // files being written: quiet for `settle` counts as done
         let settle = self.opts.settle;
@@ -476,10 +475,14 @@ impl Source {
         let full = self.full_next
             || self.targets.is_empty()
             || self.targets.len() > MAX_TARGETS
-            || self.backend.is_poll()
-            || started.duration_since(self.last_full) >= self.opts.resync_interval;
+            || self.backend.is_poll();
+        if !full && resync_due {
+            // the events' paths first (a full scan of a large directory
+            // takes a while), the resync right after
+            self.pacer.request();
+        }
         let snapshot = if full {
-            self.last_full = started;
+            self.pacer.resynced(started);
             self.scanner.scan()
         } else {
             self.scanner
@@ -703,7 +706,6 @@ pub fn watch(
         writing: HashMap::new(),
         targets: BTreeSet::new(),
         full_next: true,
-        last_full: now,
         opts,
     };
 
