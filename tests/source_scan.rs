@@ -116,6 +116,33 @@ fn recent_files_are_re_read_until_settled() {
     assert!(!s.changed);
 }
 
+/// A scan where nothing changed re-reads the files that were too recent
+/// at the last read (once they are out of the racy window), shares the
+/// last file map, and then reads nothing more.
+#[test]
+fn an_unchanged_rescan_settles_racy_files_and_shares_the_map() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "a.yaml", "x: 1\n");
+    write(tmp.path(), "b/c.yaml", "x: 2\n");
+    let mut sc = Scanner::new(tmp.path());
+    let first = sc.scan();
+    assert_eq!(first.stats.racy_files, 2);
+    std::thread::sleep(calld::source::RACY_WINDOW + std::time::Duration::from_millis(100));
+    let second = sc.scan();
+    assert_eq!(second.stats.files_read, 2, "the racy files are read again");
+    assert!(!second.changed);
+    assert_eq!(second.generation, first.generation);
+    assert!(first.files.ptr_eq(&second.files), "the map is shared");
+    let third = sc.scan();
+    assert_eq!(third.stats.files_read, 0);
+    assert!(!third.changed);
+    // a change after all that is seen
+    write(tmp.path(), "b/c.yaml", "x: 3\n");
+    let fourth = sc.scan();
+    assert!(fourth.changed);
+    assert_eq!(text(&fourth, "b/c.yaml").as_deref(), Some("x: 3\n"));
+}
+
 /// The warm rescan of files older than the racy window opens no file.
 #[test]
 fn warm_rescan_reads_no_file() {

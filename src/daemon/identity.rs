@@ -79,6 +79,7 @@ impl Controller {
                 && last.invalid_files == self.specs.invalid_files
                 && last.unreadable == self.unreadable
         });
+        let step_started = std::time::Instant::now();
         let (step, scoped) = match scoped {
             Some(last) => {
                 let since = identity::Since {
@@ -89,6 +90,7 @@ impl Controller {
             }
             None => (identity::step_all(&tracked, &input), false),
         };
+        let step_ms = step_started.elapsed().as_secs_f64() * 1e3;
         let mut clean = true;
         let mut changed = false;
         for r in &step.renames {
@@ -170,6 +172,8 @@ impl Controller {
         }
         tracing::debug!(
             scoped,
+            step_ms,
+            total_ms = step_started.elapsed().as_secs_f64() * 1e3,
             names = touched.len(),
             changed = step.known.len(),
             held = step.held.len(),

@@ -25,5 +25,5 @@ pub mod pacer;
 pub mod scan;
 pub mod watcher;
 
-pub use scan::{FileSnapshot, ScanStats, Scanner, Snapshot};
+pub use scan::{FileMap, FileSnapshot, RACY_WINDOW, ScanStats, Scanner, Snapshot};
 pub use watcher::{SourceGuard, SourceOptions, WatchBackend, watch};

@@ -127,6 +127,9 @@ pub struct ScanStats {
     pub folders_listed: usize,
 }
 
+/// The files of a snapshot, by relative path (cheap to clone).
+pub type FileMap = imbl::OrdMap<String, FileSnapshot>;
+
 /// The complete set of spec files of a calls directory at one moment.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
@@ -135,9 +138,10 @@ pub struct Snapshot {
     pub generation: u64,
     /// The calls directory as configured.
     pub dir: PathBuf,
-    /// Every spec file, by relative path (shared with the snapshot before
-    /// when nothing changed).
-    pub files: Arc<BTreeMap<String, FileSnapshot>>,
+    /// Every spec file, by relative path: a persistent map, so that the
+    /// snapshot of a scan of named paths shares what did not change with
+    /// the one before (a copy of 100,000 entries per change was 80 ms).
+    pub files: FileMap,
     /// Problems met while listing (an unreadable folder, a dangling symlink).
     pub problems: Vec<WalkProblem>,
     /// Set when the calls directory itself could not be read (missing, not
@@ -331,7 +335,7 @@ impl Scanner {
         {
             return same;
         }
-        let mut files = BTreeMap::new();
+        let mut files = FileMap::new();
         let mut seen = HashMap::with_capacity(listed.len());
         for file in listed {
             let old = self.cache.remove(&file.rel);
@@ -366,7 +370,7 @@ impl Scanner {
                         .any(|(a, b)| a.rel != b.rel || a.hash != b.hash || a.path != b.path)
             }
         };
-        self.finish(Arc::new(files), problems, None, changed, stats, None)
+        self.finish(files, problems, None, changed, stats, None)
     }
 
     /// The snapshot of a full scan where nothing changed since the last
@@ -389,13 +393,16 @@ impl Scanner {
         {
             return None;
         }
+        let scan_start = SystemTime::now();
+        let mut settled: Vec<&str> = Vec::new();
         for file in listed {
             let cached = self.cache.get(&file.rel)?;
-            if cached.racy || cached.key.is_none() || self.is_unsettled(file) {
+            if cached.key.is_none() || self.is_unsettled(file) {
                 return None;
             }
             let meta = std::fs::metadata(&file.path).ok()?;
-            if cached.key != Some(StatKey::of(&meta)) {
+            let key = StatKey::of(&meta);
+            if cached.key != Some(key) {
                 return None;
             }
             if last
@@ -404,6 +411,24 @@ impl Scanner {
                 .is_none_or(|f| f.path != file.path)
             {
                 return None;
+            }
+            if cached.racy {
+                // written just before the last read: once out of the racy
+                // window, read again; unchanged only if its bytes are
+                if key.is_racy(scan_start) {
+                    return None;
+                }
+                let content = read_limited(&file.path, meta.len());
+                if hash_content(&content) != cached.hash {
+                    return None;
+                }
+                settled.push(&file.rel);
+            }
+        }
+        stats.files_read += settled.len();
+        for rel in settled {
+            if let Some(c) = self.cache.get_mut(rel) {
+                c.racy = false;
             }
         }
         stats.elapsed = started.elapsed();
@@ -583,7 +608,7 @@ impl Scanner {
             todo.insert(rel, found);
         }
         let last = self.last.clone().expect("checked");
-        let mut files = (*last.files).clone();
+        let mut files = last.files.clone();
         let mut stats = ScanStats {
             targeted: true,
             folders_listed,
@@ -640,14 +665,7 @@ impl Scanner {
         stats.files_listed = files.len();
         stats.elapsed = started.elapsed();
         let delta = Some((last.generation, delta));
-        self.finish(
-            Arc::new(files),
-            last.problems.clone(),
-            None,
-            changed,
-            stats,
-            delta,
-        )
+        self.finish(files, last.problems.clone(), None, changed, stats, delta)
     }
 
     fn publish_root_error(&mut self, message: String, stats: ScanStats) -> Arc<Snapshot> {
@@ -657,14 +675,14 @@ impl Scanner {
                 last.problems.clone(),
                 last.root_error.as_deref() != Some(message.as_str()),
             ),
-            None => (Arc::new(BTreeMap::new()), Vec::new(), true),
+            None => (FileMap::new(), Vec::new(), true),
         };
         self.finish(files, problems, Some(message), changed, stats, None)
     }
 
     fn finish(
         &mut self,
-        files: Arc<BTreeMap<String, FileSnapshot>>,
+        files: FileMap,
         problems: Vec<WalkProblem>,
         root_error: Option<String>,
         changed: bool,
