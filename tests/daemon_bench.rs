@@ -299,6 +299,19 @@ fn scale_100k() {
         (c1 - c0) as f64 / ticks / secs * 100.0
     );
     println!("RSS idle: {} MB", rss_kb(d.pid()) / 1024);
+    if trace {
+        // what the daemon did while idle (the resync's scans)
+        let log = d.log_text();
+        for line in log
+            .lines()
+            .rev()
+            .take(400)
+            .filter(|l| l.contains("rescan"))
+            .take(3)
+        {
+            println!("  {line}");
+        }
+    }
     assert!(d.running());
     assert_eq!(emu.creates().len(), calls_done, "nothing else was due");
 }

@@ -2,7 +2,7 @@
 //! item 4): updated for the specs that changed, not rebuilt, and written
 //! to `specs.json` off the decision path when it is large.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
 use serde_json::json;
@@ -48,14 +48,22 @@ impl ReportState {
 /// JSON text (a few hundred bytes, where a `serde_json::Value` tree took
 /// a few kilobytes: issue 12, item 4), the rest as JSON values. Readers
 /// get the whole document with [`SpecsReport::to_value`].
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct SpecsReport {
     /// Set at the first update: before, the report is `null`.
     ready: bool,
     /// Every top-level field but `specs`.
     head: serde_json::Map<String, serde_json::Value>,
-    /// Per spec name, its entry ([`crate::status::spec_report_entry`]).
-    entries: BTreeMap<String, Box<str>>,
+    /// Per spec name, its entry ([`crate::status::spec_report_entry`]); a
+    /// persistent map, so the writer of `specs.json` takes a copy of it in
+    /// O(1) and serializes it without holding the lock.
+    entries: imbl::OrdMap<String, Arc<str>>,
+}
+
+/// The report as JSON, read without holding the lock while it is built.
+pub fn read(report: &Mutex<SpecsReport>) -> serde_json::Value {
+    let copy = report.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    copy.to_value()
 }
 
 impl SpecsReport {
@@ -99,8 +107,7 @@ impl SpecsReport {
 
     fn set_entry(&mut self, spec: &crate::spec::Spec) {
         let entry = crate::status::spec_report_entry(spec).to_string();
-        self.entries
-            .insert(spec.name.clone(), entry.into_boxed_str());
+        self.entries.insert(spec.name.clone(), entry.into());
     }
 }
 
@@ -150,7 +157,8 @@ impl Controller {
         let writer = self.report.writer.clone();
         let write = move || {
             let _guard = writer.lock().unwrap_or_else(|p| p.into_inner());
-            let bytes = json.lock().unwrap_or_else(|p| p.into_inner()).to_json();
+            let copy = json.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let bytes = copy.to_json();
             let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, &path));
             if let Err(e) = result {
                 tracing::warn!(path = %path.display(), error = %e, "cannot write the spec report for `calld status`");

@@ -628,16 +628,16 @@ fn admin_state(
     let (specs4, ledger4) = (specs.clone(), ledger.clone());
     let (specs5, ledger5) = (specs.clone(), ledger.clone());
     crate::admin::AdminState::new(metrics.clone())
-        .with_specs(move || specs.lock().unwrap_or_else(|p| p.into_inner()).to_value())
+        .with_specs(move || super::report::read(&specs))
         .with_status(move || {
-            let report = specs2.lock().unwrap_or_else(|p| p.into_inner()).to_value();
+            let report = super::report::read(&specs2);
             let l = ledger2.lock().unwrap_or_else(|p| p.into_inner());
             let input =
                 crate::status::StatusInput::from_ledger(l.as_ref(), report).map_err(|e| e.to_string())?;
             Ok(crate::status::status_doc(&input, crate::clock::now()))
         })
         .with_actions(move |path, body| {
-            let report = specs4.lock().unwrap_or_else(|p| p.into_inner()).to_value();
+            let report = super::report::read(&specs4);
             let now = crate::clock::now();
             let doc = {
                 let mut l = ledger4.lock().unwrap_or_else(|p| p.into_inner());
@@ -666,7 +666,7 @@ fn admin_state(
             Ok(doc)
         })
         .with_dashboard(move || {
-            let report = specs5.lock().unwrap_or_else(|p| p.into_inner()).to_value();
+            let report = super::report::read(&specs5);
             let now = crate::clock::now();
             let l = ledger5.lock().unwrap_or_else(|p| p.into_inner());
             let input = crate::status::StatusInput::from_ledger(l.as_ref(), report.clone())
@@ -691,7 +691,7 @@ fn admin_state(
             Ok(crate::dashboard::render(&doc, &report, &recent, now))
         })
         .with_refresh(move || {
-            let report = specs3.lock().unwrap_or_else(|p| p.into_inner()).to_value();
+            let report = super::report::read(&specs3);
             let l = ledger3.lock().unwrap_or_else(|p| p.into_inner());
             if let Err(e) =
                 crate::status::refresh_spec_metrics(&metrics3, l.as_ref(), &report, crate::clock::now())
