@@ -10,11 +10,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-/// mimalloc: `calld check` of 10,000 files spends less in malloc, page
-/// faults and mprotect than with glibc's per-thread arenas (issue 12).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "calld",
