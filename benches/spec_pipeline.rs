@@ -23,6 +23,9 @@ const SPEC_COUNT: usize = 10_000;
 const CHILD_ENV: &str = "CALLD_BENCH_PIPELINE_DIR";
 
 const SRC: &str = "source:\n  identity:\n    application: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572698, displayName: calld bench bot }\n  languageId: en-US\n  region: emea\n";
+/// Calls to phone numbers come from a resource account (SPEC: PSTN needs
+/// `applicationInstance`).
+const SRC_PSTN: &str = "source:\n  identity:\n    applicationInstance: { id: 8a34a46b-3d17-4adc-8dce-dc4e7d572699, displayName: calld bench line }\n  languageId: en-US\n  region: emea\n";
 const CHAT: &str = "chat:\n  threadId: \"19:meeting_NTg0NmQ3NTctZDVkZC00YzRhLThmNmEtOGQ3M2E0ODdmZDZk@thread.v2\"\n  messageId: \"0\"\n";
 const PREFETCH: &str = "media:\n  prefetch:\n    - uri: https://cdn.contoso.com/beep.wav\n      resourceId: 1D6DE2D4-CD51-4309-8DAA-70768651088E\n    - uri: https://cdn.contoso.com/cool.wav\n      resourceId: 1D6DE2D4-CD51-4309-8DAA-70768651088F\n";
 const JOIN_URL: &str = "https://teams.microsoft.com/l/meetup-join/19%3ameeting_NTg0NmQ3NTctZDVkZC00YzRhLThmNmEtOGQ3M2E0ODdmZDZk%40thread.v2/0?context=%7b%22Tid%22%3a%2272f988bf-86f1-41af-91ab-2d7cd011db47%22%2c%22Oid%22%3a%2290ed37dc-d8e3-4e11-9de3-30a955dda06f%22%7d";
@@ -39,7 +42,12 @@ const ZONES: &[&str] = &[
 fn spec_text(i: usize) -> String {
     let zone = ZONES[i % ZONES.len()];
     let mut s = format!(
-        "# generated spec {i}\ndescription: bench spec {i}\nsubject: Call {i}\ncallbackUri: https://bot.contoso.com/api/calls\ntenantId: 72f988bf-86f1-41af-91ab-2d7cd011db47\n{SRC}"
+        "# generated spec {i}\ndescription: bench spec {i}\nsubject: Call {i}\ncallbackUri: https://bot.contoso.com/api/calls\ntenantId: 72f988bf-86f1-41af-91ab-2d7cd011db47\n{}",
+        if matches!(i % 8, 1 | 2 | 7) {
+            SRC_PSTN
+        } else {
+            SRC
+        }
     );
     match i % 8 {
         0 => s.push_str(&format!(

@@ -34,7 +34,9 @@ fn load_config(config: Option<&Path>) -> Result<Config, u8> {
 /// reports oversized files without reading them whole).
 pub fn read_limited(path: &Path) -> Result<Vec<u8>, String> {
     let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let mut bytes = Vec::new();
+    // room for a spec file of a few KB up front: one read and one to see
+    // the end, instead of a probe and a doubling buffer (and no stat)
+    let mut bytes = Vec::with_capacity(8 * 1024);
     file.take(MAX_SPEC_FILE_BYTES + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| e.to_string())?;

@@ -140,8 +140,27 @@ fn walk(
         }
         let path = entry.path();
         // d_type from the listing: no extra system call
-        if entry.file_type().is_ok_and(|t| t.is_symlink()) {
+        let file_type = entry.file_type().ok();
+        if file_type.is_some_and(|t| t.is_symlink()) {
             *links = true;
+        }
+        let rel = |name: &str| {
+            if rel_prefix.is_empty() {
+                name.to_string()
+            } else {
+                format!("{rel_prefix}/{name}")
+            }
+        };
+        // a plain file, as the listing says: no stat needed (symlinks,
+        // folders and unknown types are resolved below)
+        if file_type.is_some_and(|t| t.is_file()) {
+            if is_spec_file_name(name) {
+                files.push(SpecFile {
+                    rel: rel(name),
+                    path,
+                });
+            }
+            continue;
         }
         // follow symlinks: metadata() resolves them
         let meta = match std::fs::metadata(&path) {
@@ -157,11 +176,7 @@ fn walk(
                 continue;
             }
         };
-        let rel = if rel_prefix.is_empty() {
-            name.to_string()
-        } else {
-            format!("{rel_prefix}/{name}")
-        };
+        let rel = rel(name);
         if meta.is_dir() {
             if seen_dirs.insert(dir_identity(&meta)) {
                 walk(&path, &rel, seen_dirs, files, problems, links, false)?;

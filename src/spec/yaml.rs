@@ -238,7 +238,212 @@ fn options() -> serde_saphyr::Options {
 
 /// Parses every document of a file into positioned trees. An empty document
 /// is `None`.
+///
+/// A spec file is read in one pass over the parser's events
+/// ([`parse_plain`]); anything that pass does not handle exactly as
+/// serde-saphyr would (errors, anchors, aliases, tags, merge keys,
+/// duplicate keys, scalars that may be numbers, deep or large documents)
+/// is parsed again by serde-saphyr, which gives the same tree or the
+/// located error, with its budget.
 pub fn parse_documents(text: &str) -> Result<Vec<Option<Node>>, YamlError> {
+    match parse_plain(text) {
+        Some(docs) => Ok(docs),
+        None => parse_documents_serde(text),
+    }
+}
+
+/// Limits of [`parse_plain`]: beyond them serde-saphyr (and its budget)
+/// decides.
+const PLAIN_MAX_DEPTH: usize = 20;
+const PLAIN_MAX_NODES: usize = 20_000;
+const PLAIN_MAX_DOCUMENTS: usize = 100;
+const PLAIN_MAX_MAP_ENTRIES: usize = 256;
+
+/// An open collection while [`parse_plain`] builds the tree.
+enum Open {
+    Seq(Pos, Vec<Node>),
+    /// The entries so far and the key waiting for its value.
+    Map(Pos, Vec<(Key, Node)>, Option<Key>),
+}
+
+/// The documents of `text` straight from granit-parser's events (the parser
+/// serde-saphyr reads), with serde-saphyr's positions and its resolution of
+/// plain scalars; `None` when the text holds anything this pass leaves to
+/// serde-saphyr (see [`parse_documents`]). Never a different tree: the tests
+/// compare both on every corpus file.
+pub(crate) fn parse_plain(text: &str) -> Option<Vec<Option<Node>>> {
+    use granit_parser::{Event, Parser};
+    if text.contains('\u{feff}') {
+        return None;
+    }
+    let mut options = granit_parser::Options::default();
+    options.emit_comments = false;
+    options.flow_nesting_limit = PLAIN_MAX_DEPTH;
+    options.block_nesting_limit = PLAIN_MAX_DEPTH + 1;
+    options.simple_key_max_lookahead = 1024;
+    let mut stack: Vec<Open> = Vec::new();
+    let mut docs = Vec::new();
+    let mut documents = 0usize;
+    let mut nodes = 0usize;
+    for event in Parser::new_from_str_with_options(text, options) {
+        let (event, span) = event.ok()?;
+        let pos = Pos {
+            line: span.start.line() as u64,
+            column: span.start.col() as u64 + 1,
+        };
+        let node = match event {
+            Event::StreamStart | Event::StreamEnd | Event::DocumentEnd => continue,
+            Event::DocumentStart(_, version) => {
+                documents += 1;
+                if version.is_some() || documents > PLAIN_MAX_DOCUMENTS {
+                    return None;
+                }
+                continue;
+            }
+            Event::Scalar(value, style, anchor, tag) => {
+                if anchor != 0 || tag.is_some() {
+                    return None;
+                }
+                Node {
+                    pos,
+                    value: plain_scalar(value, style)?,
+                }
+            }
+            Event::SequenceStart(_, anchor, ref tag) | Event::MappingStart(_, anchor, ref tag) => {
+                if anchor != 0 || tag.is_some() || stack.len() >= PLAIN_MAX_DEPTH {
+                    return None;
+                }
+                stack.push(if matches!(event, Event::SequenceStart(..)) {
+                    Open::Seq(pos, Vec::new())
+                } else {
+                    Open::Map(pos, Vec::new(), None)
+                });
+                continue;
+            }
+            Event::SequenceEnd => match stack.pop()? {
+                Open::Seq(pos, items) => Node {
+                    pos,
+                    value: Value::Seq(items),
+                },
+                Open::Map(..) => return None,
+            },
+            Event::MappingEnd => match stack.pop()? {
+                Open::Map(pos, entries, None) => Node {
+                    pos,
+                    value: Value::Map(entries),
+                },
+                _ => return None,
+            },
+            // aliases, anchors, comments: serde-saphyr's
+            _ => return None,
+        };
+        nodes += 1;
+        if nodes > PLAIN_MAX_NODES {
+            return None;
+        }
+        match stack.last_mut() {
+            None => {
+                if node.value != Value::Null {
+                    docs.push(Some(node));
+                }
+            }
+            Some(Open::Seq(_, items)) => items.push(node),
+            Some(Open::Map(_, entries, pending)) => match pending.take() {
+                Some(key) => entries.push((key, node)),
+                None => {
+                    let mut node = node;
+                    let name = match std::mem::take(&mut node.value) {
+                        Value::String(s) => s,
+                        Value::Int(i) => i.to_string(),
+                        Value::Null => "null".to_string(),
+                        _ => return None,
+                    };
+                    if name == "<<"
+                        || entries.len() >= PLAIN_MAX_MAP_ENTRIES
+                        || entries.iter().any(|(k, _)| k.name == name)
+                    {
+                        return None;
+                    }
+                    *pending = Some(Key {
+                        pos: node.pos,
+                        name,
+                    });
+                }
+            },
+        }
+    }
+    stack.is_empty().then_some(docs)
+}
+
+/// A scalar as serde-saphyr's `deserialize_any` gives it, for the scalars
+/// whose type is certain; `None` for the others (booleans' neighbours,
+/// anything that may parse as a number other than a plain decimal).
+fn plain_scalar(
+    value: std::borrow::Cow<'_, str>,
+    style: granit_parser::ScalarStyle,
+) -> Option<Value> {
+    if style != granit_parser::ScalarStyle::Plain {
+        return Some(Value::String(value.into_owned()));
+    }
+    let t: &str = &value;
+    if matches!(t, "" | "~" | "null" | "Null" | "NULL") {
+        return Some(Value::Null);
+    }
+    let bytes = t.as_bytes();
+    let first = bytes[0];
+    if matches!(bytes[bytes.len() - 1], b' ' | b'\t' | b'\r' | b'\n')
+        || matches!(first, b' ' | b'\t' | b'\r' | b'\n')
+    {
+        return None;
+    }
+    if first.is_ascii_alphabetic() {
+        // YAML 1.1 booleans, and words Rust's float parser knows
+        let maybe = t.len() <= 8 && {
+            let l = t.to_ascii_lowercase();
+            matches!(
+                l.as_str(),
+                "true"
+                    | "yes"
+                    | "y"
+                    | "on"
+                    | "false"
+                    | "no"
+                    | "n"
+                    | "off"
+                    | "inf"
+                    | "infinity"
+                    | "nan"
+            )
+        };
+        if maybe {
+            return None;
+        }
+        return Some(Value::String(value.into_owned()));
+    }
+    if !first.is_ascii_digit() {
+        // `+1`, `-1`, `.5`, `.inf` are numbers; `/x`, `$x`, `(x` are not
+        return (!matches!(first, b'+' | b'-' | b'.')).then(|| Value::String(value.into_owned()));
+    }
+    if bytes.len() <= 18
+        && bytes.iter().all(u8::is_ascii_digit)
+        && (bytes.len() == 1 || first != b'0')
+    {
+        return t.parse().ok().map(Value::Int);
+    }
+    if first == b'0' && matches!(bytes.get(1), Some(b'x' | b'X' | b'o' | b'O' | b'b' | b'B')) {
+        return None;
+    }
+    // a digit then a character no decimal number has: a string (`10m`,
+    // `0 9 * * 1-5`, a GUID, a date-time)
+    const DECIMAL: &[u8] = b"0123456789+-._eE:";
+    if bytes.iter().any(|b| !DECIMAL.contains(b)) {
+        return Some(Value::String(value.into_owned()));
+    }
+    None
+}
+
+/// [`parse_documents`] by serde-saphyr alone.
+pub(crate) fn parse_documents_serde(text: &str) -> Result<Vec<Option<Node>>, YamlError> {
     let docs: Vec<Option<Spanned<NodeValue>>> =
         serde_saphyr::from_multiple_with_options(text, options()).map_err(|e| {
             let pos = e
@@ -351,6 +556,130 @@ mod tests {
                 .map(|i| format!("{}b:\n", " ".repeat(i)))
                 .collect::<String>();
         assert!(parse_documents(&text).is_err());
+    }
+
+    /// [`parse_plain`] gives serde-saphyr's tree whenever it gives one.
+    fn same_as_serde(text: &str) -> bool {
+        match parse_plain(text) {
+            Some(plain) => {
+                let serde = parse_documents_serde(text);
+                assert_eq!(Ok(&plain), serde.as_ref(), "{text:?}");
+                true
+            }
+            None => false,
+        }
+    }
+
+    #[test]
+    fn the_one_pass_parse_is_serde_saphyrs_on_every_yaml_file_of_the_repository() {
+        fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            for e in std::fs::read_dir(dir).unwrap().flatten() {
+                let p = e.path();
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name == "target" || name.starts_with('.') {
+                    continue;
+                }
+                if p.is_dir() {
+                    walk(&p, out);
+                } else if name.ends_with(".yaml") || name.ends_with(".yml") {
+                    out.push(p);
+                }
+            }
+        }
+        let mut files = Vec::new();
+        walk(std::path::Path::new(env!("CARGO_MANIFEST_DIR")), &mut files);
+        assert!(files.len() > 20, "{files:?}");
+        let mut plain = 0;
+        for f in &files {
+            let Ok(text) = std::fs::read_to_string(f) else {
+                continue;
+            };
+            plain += usize::from(same_as_serde(&text));
+        }
+        // most real files take the one-pass path
+        assert!(plain * 2 > files.len(), "{plain} of {}", files.len());
+    }
+
+    #[test]
+    fn the_one_pass_parse_takes_or_leaves_each_kind_of_scalar_as_serde_saphyr_reads_it() {
+        // taken: the tree must be serde-saphyr's
+        for text in [
+            "a: 1\nb: x\nc: \"1\"\nd: '2'\ne: ~\nf:\ng: null\nh: NULL\n",
+            "a:\n- x\n- 12\n- [1, b, {c: d}]\n",
+            "d: 10m\nj: 30s\nguid: 72f988bf-86f1-41af-91ab-2d7cd011db47\nat: 2027-01-01T09:00:00\n",
+            "p: /x\nq: $y\nr: 0 9 * * 1-5\ns: 1 2\nt: 0\nu: 123456789012345678\n",
+            "desc: >-\n  folded\n  text\nlit: |\n  a\n   b\nmulti: one\n  two\n",
+            "# c\n---\na: 1 # x\n...\n---\n---\nb: [x, z]\n",
+            "1: a\n\"k\": b\n~: c\n",
+            "plain scalar\n",
+            "- a\n- - b\n  - c\n",
+            "a: Yesterday\nb: nothing\nc: information\nd: Nancy\ne: off-site\n",
+            "",
+            "# only a comment\n",
+        ] {
+            assert!(same_as_serde(text), "left to serde-saphyr: {text:?}");
+        }
+        // left to serde-saphyr: booleans, numbers other than plain
+        // decimals, anchors, aliases, tags, merge keys, duplicates, errors
+        for text in [
+            "a: yes\n",
+            "a: On\n",
+            "a: n\n",
+            "a: true\n",
+            "a: .inf\n",
+            "a: inf\n",
+            "a: NaN\n",
+            "a: Infinity\n",
+            "a: -1\n",
+            "a: +1\n",
+            "a: 1.5\n",
+            "a: 1e3\n",
+            "a: 0x1f\n",
+            "a: 0o7\n",
+            "a: 017\n",
+            "a: 1_000\n",
+            "a: 12:30\n",
+            "a: 1234567890123456789\n",
+            "a: &x 1\nb: *x\n",
+            "a: !!str 1\n",
+            "<<: {a: 1}\n",
+            "a: 1\na: 2\n",
+            "a: [1\n",
+            "true: x\n",
+            "[a]: b\n",
+            "%YAML 1.2\n---\na: 1\n",
+            "\u{feff}a: 1\n",
+        ] {
+            assert!(
+                !same_as_serde(text),
+                "taken by the one-pass parse: {text:?}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        /// Random documents from spec-like fragments: whenever the one-pass
+        /// parse takes one, its tree is serde-saphyr's.
+        #[test]
+        fn the_one_pass_parse_agrees_with_serde_saphyr(
+            lines in proptest::collection::vec(
+                (0usize..4, proptest::sample::select(vec![
+                    "a:", "b: x", "c: 1", "d: \"q\"", "- x", "- y: 1", "e: [1, x]", "f: {g: h}",
+                    "h: 10m", "i: yes", "j: 0", "k: 1.5", "l: ~", "m: >-", "n: |", "text line",
+                    "# note", "---", "...", "o: &a 1", "p: *a", "q: !!str 2", "<<: {r: 1}",
+                    "s: 'it''s'", "t: 72f988bf-86f1", "u: -", "v:  x  ", "w: a # c", "\tx: 1",
+                    "y: [", "z: }", "a:", "b: x", "?", ": v", "- - 1", "c: 2027-01-01T09:00:00",
+                ])),
+                0..14,
+            )
+        ) {
+            let text: String = lines
+                .iter()
+                .map(|(indent, l)| format!("{}{l}\n", "  ".repeat(*indent)))
+                .collect();
+            same_as_serde(&text);
+        }
     }
 
     #[test]
