@@ -9,6 +9,12 @@
 //! request leaves before its `requesting` row is on disk. A write the
 //! ledger refuses (the run moved meanwhile) skips that action only; the
 //! next decision sees the new state.
+//!
+//! The create answers that arrived since the last batch are recorded in the
+//! decision's first batch (one fsync for all of them): with the `requesting`
+//! marks of the runs that take their request slots, or with the decision's
+//! other writes, or on their own when the decision writes nothing. A run
+//! stays in flight until its answer is committed.
 
 use std::collections::HashMap;
 
@@ -16,7 +22,7 @@ use crate::ledger::{self, CallPromise, Finish, Ledger, Run, RunKey, Write, Writt
 use crate::reconcile::Action;
 use crate::spec::Spec;
 
-use super::{Controller, log_outcome, with_attempt_error, with_ledger};
+use super::{Controller, CreateDone, log_outcome, with_attempt_error, with_ledger};
 
 impl Controller {
     /// Applies a decision's actions in their order: each run of
@@ -51,7 +57,73 @@ impl Controller {
         if !places.is_empty() {
             self.flush_places(places, &inserted).await;
         }
+        if !self.created.is_empty() {
+            self.flush_created().await;
+        }
         inserted
+    }
+
+    /// Records the create answers at hand in one batch of their own.
+    pub(crate) async fn flush_created(&mut self) {
+        let (done, writes) = self.take_created();
+        if done.is_empty() {
+            return;
+        }
+        let now = crate::clock::now();
+        let res = with_ledger(&self.rt.ledger, move |l| l.write_batch(&writes, now)).await;
+        self.created_recorded(done, res.map_err(|e| e.to_string()));
+    }
+
+    /// The create answers at hand, with their writes (to go first in the
+    /// batch about to be committed).
+    fn take_created(&mut self) -> (Vec<CreateDone>, Vec<Write>) {
+        let done = std::mem::take(&mut self.created);
+        let writes = done.iter().map(super::create_write).collect();
+        (done, writes)
+    }
+
+    /// The answers of a batch's create records (its first writes): their
+    /// runs are no longer in flight, their specs are decided again.
+    /// `res`: per record, what it did; or why the whole batch failed.
+    fn created_recorded(
+        &mut self,
+        done: Vec<CreateDone>,
+        res: Result<Vec<ledger::Result<Written>>, String>,
+    ) {
+        let results: Vec<Result<Written, String>> = match res {
+            Ok(r) => r
+                .into_iter()
+                .map(|r| r.map_err(|e| e.to_string()))
+                .collect(),
+            Err(e) => done.iter().map(|_| Err(e.clone())).collect(),
+        };
+        for (done, result) in done.into_iter().zip(results) {
+            match result {
+                Ok(Written::Created(rec)) => super::log_created(&done, &rec),
+                Ok(other) => {
+                    tracing::error!(answer = ?other, "unexpected answer to a ledger write")
+                }
+                Err(e) => {
+                    tracing::error!(run = %done.run, error = %e, "cannot record the create result")
+                }
+            }
+            if let Some(r) = &self.replica {
+                r.claims
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&done.run);
+            }
+            self.in_flight.remove(&done.run);
+            match self.cache.spec_of(&done.run) {
+                Some(spec) if spec != done.spec => {
+                    let spec = spec.to_string();
+                    self.dirty.mark(&spec);
+                }
+                _ => {}
+            }
+            self.dirty.mark(&done.spec);
+            self.recorded = true;
+        }
     }
 
     /// The ledger actions of a decision, in one transaction.
@@ -59,15 +131,24 @@ impl Controller {
         let now = crate::clock::now();
         let acts = actions.clone();
         let stored = self.stored_promises.clone();
+        let (done, records) = self.take_created();
+        let n = records.len();
         let res = with_ledger(&self.rt.ledger, move |l| {
-            let writes: Vec<Write> = acts.iter().map(|a| to_write(l, &stored, a)).collect();
-            let results = l.write_batch(&writes, now)?;
-            Ok((writes, results))
+            let mut writes = records;
+            writes.extend(acts.iter().map(|a| to_write(l, &stored, a)));
+            let mut results = l.write_batch(&writes, now)?;
+            let own = results.split_off(n);
+            let writes = writes.split_off(n);
+            Ok((writes, results, own))
         })
         .await;
         let (writes, results) = match res {
-            Ok(v) => v,
+            Ok((writes, recorded, own)) => {
+                self.created_recorded(done, Ok(recorded));
+                (writes, own)
+            }
             Err(e) => {
+                self.created_recorded(done, Err(e.to_string()));
                 tracing::warn!(error = %e, count = actions.len(), "cannot record the decision's ledger writes; the next decision tries again");
                 // keepAlives and hang-ups still leave, as when their record failed
                 for action in actions {
@@ -143,6 +224,9 @@ impl Controller {
         inserted: &HashMap<RunKey, Run>,
     ) {
         let cap = self.rt.config.graph.max_concurrent_requests.max(1);
+        // Answers at hand are recorded in the batch below, before any new
+        // request leaves: their slots are free.
+        let running = self.in_flight.len().saturating_sub(self.created.len());
         let mut due: Vec<(String, RunKey)> = Vec::with_capacity(places.len());
         for (id, key) in places {
             let id = match id {
@@ -180,7 +264,7 @@ impl Controller {
             if self.in_flight.contains(&id) || chosen.iter().any(|(c, _)| *c == id) {
                 continue;
             }
-            if self.in_flight.len() + chosen.len() >= cap {
+            if running + chosen.len() >= cap {
                 self.deferred = true;
                 continue;
             }
@@ -202,18 +286,27 @@ impl Controller {
         // The run rows say `requesting` on disk before any request leaves,
         // each with its call's promise (its hangupAfter as placed) and, on a
         // shared ledger, its claim's fencing token.
-        let writes: Vec<Write> = chosen
-            .iter()
-            .map(|(id, spec)| Write::Requesting {
-                id: id.clone(),
-                hangup_after: spec.hangup_after,
-                claim: tokens.get(id).copied(),
-            })
-            .collect();
-        let res = with_ledger(&self.rt.ledger, move |l| l.write_batch(&writes, now)).await;
+        // ... in one batch with the create answers at hand (first).
+        let (done, mut writes) = self.take_created();
+        let n = writes.len();
+        writes.extend(chosen.iter().map(|(id, spec)| Write::Requesting {
+            id: id.clone(),
+            hangup_after: spec.hangup_after,
+            claim: tokens.get(id).copied(),
+        }));
+        let res = with_ledger(&self.rt.ledger, move |l| {
+            let mut results = l.write_batch(&writes, now)?;
+            let own = results.split_off(n);
+            Ok((results, own))
+        })
+        .await;
         let results = match res {
-            Ok(r) => r,
+            Ok((recorded, own)) => {
+                self.created_recorded(done, Ok(recorded));
+                own
+            }
             Err(e) => {
+                self.created_recorded(done, Err(e.to_string()));
                 tracing::warn!(error = %e, count = chosen.len(), "cannot mark due runs requesting; nothing was sent");
                 if let Some(r) = &self.replica {
                     // their claims lapse: another decision (here or on
