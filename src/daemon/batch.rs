@@ -25,10 +25,13 @@ use crate::spec::Spec;
 use super::{Controller, CreateDone, log_outcome, with_attempt_error, with_ledger};
 
 impl Controller {
-    /// Applies a decision's actions in their order: each run of
-    /// consecutive ledger actions is one batch, each run of consecutive
-    /// placements is one batch of `requesting` marks followed by their
-    /// requests. Returns the runs this decision inserted, by key.
+    /// Applies a decision's actions in their order, in as few batches as
+    /// that order allows: a run of ledger actions and the placements that
+    /// follow it are ONE batch (the writes first, then the `requesting`
+    /// marks; the requests leave once it is committed), unless a placement
+    /// is of a run that those writes insert (its id comes from that
+    /// insert: it goes in the next batch). Returns the runs this decision
+    /// inserted, by key.
     pub(super) async fn apply_all(&mut self, actions: Vec<Action>) -> HashMap<RunKey, Run> {
         let mut inserted = HashMap::new();
         let mut writes: Vec<Action> = Vec::new();
@@ -36,31 +39,102 @@ impl Controller {
         for action in actions {
             match action {
                 Action::Place { id, key } => {
-                    if !writes.is_empty() {
-                        self.flush_writes(std::mem::take(&mut writes), &mut inserted)
-                            .await;
+                    if id.is_none() && !writes.is_empty() {
+                        let (w, p) = (std::mem::take(&mut writes), std::mem::take(&mut places));
+                        self.flush(w, p, &mut inserted).await;
                     }
                     places.push((id, key));
                 }
                 other => {
                     if !places.is_empty() {
-                        self.flush_places(std::mem::take(&mut places), &inserted)
-                            .await;
+                        let (w, p) = (std::mem::take(&mut writes), std::mem::take(&mut places));
+                        self.flush(w, p, &mut inserted).await;
                     }
                     writes.push(other);
                 }
             }
         }
-        if !writes.is_empty() {
-            self.flush_writes(writes, &mut inserted).await;
-        }
-        if !places.is_empty() {
-            self.flush_places(places, &inserted).await;
+        if !writes.is_empty() || !places.is_empty() {
+            self.flush(writes, places, &mut inserted).await;
         }
         if !self.created.is_empty() {
             self.flush_created().await;
         }
         inserted
+    }
+
+    /// One batch: the create answers at hand, the ledger actions, then the
+    /// `requesting` marks of the placements; once it is committed, the
+    /// keepAlives and hang-ups recorded and the create requests leave.
+    async fn flush(
+        &mut self,
+        actions: Vec<Action>,
+        places: Vec<(Option<String>, RunKey)>,
+        inserted: &mut HashMap<RunKey, Run>,
+    ) {
+        let (chosen, tokens) = if places.is_empty() {
+            (Vec::new(), HashMap::new())
+        } else {
+            self.choose_places(places, inserted).await
+        };
+        if actions.is_empty() && chosen.is_empty() {
+            return;
+        }
+        let now = crate::clock::now();
+        let acts = actions.clone();
+        let stored = self.stored_promises.clone();
+        let (done, mut batch) = self.take_created();
+        let (n_rec, n_act) = (batch.len(), acts.len());
+        // The run rows say `requesting` on disk before any request leaves,
+        // each with its call's promise (its hangupAfter as placed) and, on a
+        // shared ledger, its claim's fencing token.
+        let marks: Vec<Write> = chosen
+            .iter()
+            .map(|(id, spec)| Write::Requesting {
+                id: id.clone(),
+                hangup_after: spec.hangup_after,
+                claim: tokens.get(id).copied(),
+            })
+            .collect();
+        let res = with_ledger(&self.rt.ledger, move |l| {
+            batch.extend(acts.iter().map(|a| to_write(l, &stored, a)));
+            batch.extend(marks);
+            let mut results = l.write_batch(&batch, now)?;
+            let marked = results.split_off(n_rec + n_act);
+            let own = results.split_off(n_rec);
+            let mut writes = batch.split_off(n_rec);
+            writes.truncate(n_act);
+            Ok((results, writes, own, marked))
+        })
+        .await;
+        match res {
+            Ok((recorded, writes, own, marked)) => {
+                self.created_recorded(done, Ok(recorded));
+                self.writes_done(actions, writes, own, inserted, now);
+                self.marks_done(chosen, marked, now);
+            }
+            Err(e) => {
+                self.created_recorded(done, Err(e.to_string()));
+                if !actions.is_empty() {
+                    tracing::warn!(error = %e, count = actions.len(), "cannot record the decision's ledger writes; the next decision tries again");
+                    // keepAlives and hang-ups still leave, as when their record failed
+                    for action in actions {
+                        self.send_call_op(action, now);
+                    }
+                }
+                if !chosen.is_empty() {
+                    tracing::warn!(error = %e, count = chosen.len(), "cannot mark due runs requesting; nothing was sent");
+                    if let Some(r) = &self.replica {
+                        // their claims lapse: another decision (here or on
+                        // another replica) claims them again
+                        let mut held = r.claims.lock().unwrap_or_else(|p| p.into_inner());
+                        for (id, _) in &chosen {
+                            held.remove(id);
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Records the create answers at hand in one batch of their own.
@@ -126,37 +200,15 @@ impl Controller {
         }
     }
 
-    /// The ledger actions of a decision, in one transaction.
-    async fn flush_writes(&mut self, actions: Vec<Action>, inserted: &mut HashMap<RunKey, Run>) {
-        let now = crate::clock::now();
-        let acts = actions.clone();
-        let stored = self.stored_promises.clone();
-        let (done, records) = self.take_created();
-        let n = records.len();
-        let res = with_ledger(&self.rt.ledger, move |l| {
-            let mut writes = records;
-            writes.extend(acts.iter().map(|a| to_write(l, &stored, a)));
-            let mut results = l.write_batch(&writes, now)?;
-            let own = results.split_off(n);
-            let writes = writes.split_off(n);
-            Ok((writes, results, own))
-        })
-        .await;
-        let (writes, results) = match res {
-            Ok((writes, recorded, own)) => {
-                self.created_recorded(done, Ok(recorded));
-                (writes, own)
-            }
-            Err(e) => {
-                self.created_recorded(done, Err(e.to_string()));
-                tracing::warn!(error = %e, count = actions.len(), "cannot record the decision's ledger writes; the next decision tries again");
-                // keepAlives and hang-ups still leave, as when their record failed
-                for action in actions {
-                    self.send_call_op(action, now);
-                }
-                return;
-            }
-        };
+    /// What the ledger actions of a committed batch did.
+    fn writes_done(
+        &mut self,
+        actions: Vec<Action>,
+        writes: Vec<Write>,
+        results: Vec<ledger::Result<Written>>,
+        inserted: &mut HashMap<RunKey, Run>,
+        now: jiff::Timestamp,
+    ) {
         for ((action, write), result) in actions.into_iter().zip(writes).zip(results) {
             match (&action, result) {
                 (Action::HangUp { .. } | Action::KeepAlive { .. }, r) => {
@@ -210,19 +262,19 @@ impl Controller {
         }
     }
 
-    /// The placements of a decision: every run marked `requesting` in one
-    /// transaction, then (committed) every create request sent.
+    /// The due runs of a decision's placements that get a request now,
+    /// claimed on a shared ledger (with their fencing tokens).
     ///
     /// At most `graph.maxConcurrentRequests` runs are `requesting` at once:
     /// a run marked `requesting` that waited in the Graph client's queue
     /// would become `unknown` in a crash (never re-sent) although Graph
     /// never saw it. Beyond the limit the run stays `scheduled` (its
     /// deadline still applies) until a request finishes.
-    async fn flush_places(
+    async fn choose_places(
         &mut self,
         places: Vec<(Option<String>, RunKey)>,
         inserted: &HashMap<RunKey, Run>,
-    ) {
+    ) -> (Vec<(String, Spec)>, HashMap<String, ledger::FencingToken>) {
         let cap = self.rt.config.graph.max_concurrent_requests.max(1);
         // Answers at hand are recorded in the batch below, before any new
         // request leaves: their slots are free.
@@ -275,50 +327,21 @@ impl Controller {
             chosen.push((id, spec));
         }
         if chosen.is_empty() {
-            return;
+            return (chosen, HashMap::new());
         }
-        let now = crate::clock::now();
         // A shared ledger: only the runs this replica claims are its own.
-        let tokens = self.claim_due(&mut chosen, now).await;
-        if chosen.is_empty() {
-            return;
-        }
-        // The run rows say `requesting` on disk before any request leaves,
-        // each with its call's promise (its hangupAfter as placed) and, on a
-        // shared ledger, its claim's fencing token.
-        // ... in one batch with the create answers at hand (first).
-        let (done, mut writes) = self.take_created();
-        let n = writes.len();
-        writes.extend(chosen.iter().map(|(id, spec)| Write::Requesting {
-            id: id.clone(),
-            hangup_after: spec.hangup_after,
-            claim: tokens.get(id).copied(),
-        }));
-        let res = with_ledger(&self.rt.ledger, move |l| {
-            let mut results = l.write_batch(&writes, now)?;
-            let own = results.split_off(n);
-            Ok((results, own))
-        })
-        .await;
-        let results = match res {
-            Ok((recorded, own)) => {
-                self.created_recorded(done, Ok(recorded));
-                own
-            }
-            Err(e) => {
-                self.created_recorded(done, Err(e.to_string()));
-                tracing::warn!(error = %e, count = chosen.len(), "cannot mark due runs requesting; nothing was sent");
-                if let Some(r) = &self.replica {
-                    // their claims lapse: another decision (here or on
-                    // another replica) claims them again
-                    let mut held = r.claims.lock().unwrap_or_else(|p| p.into_inner());
-                    for (id, _) in &chosen {
-                        held.remove(id);
-                    }
-                }
-                return;
-            }
-        };
+        let tokens = self.claim_due(&mut chosen, crate::clock::now()).await;
+        (chosen, tokens)
+    }
+
+    /// The `requesting` marks of a committed batch: each marked run's
+    /// create request leaves.
+    fn marks_done(
+        &mut self,
+        chosen: Vec<(String, Spec)>,
+        results: Vec<ledger::Result<Written>>,
+        now: jiff::Timestamp,
+    ) {
         for ((id, spec), result) in chosen.into_iter().zip(results) {
             match result {
                 Ok(Written::Requesting(attempt)) => self.send_create(id, spec, attempt, now),
