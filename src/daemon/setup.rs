@@ -591,6 +591,11 @@ async fn run_async(
     }
     let _ = shutdown_tx.send(true);
     // let request tasks that are already running record their result
+    // (and the answers at hand first: they wait for no event)
+    while let Ok(ev) = events_rx.try_recv() {
+        controller.on_event(ev).await;
+    }
+    controller.flush_created().await;
     let drain_until = tokio::time::Instant::now() + Duration::from_secs(10);
     while !controller.in_flight.is_empty() && tokio::time::Instant::now() < drain_until {
         match tokio::time::timeout_at(drain_until, events_rx.recv()).await {
