@@ -74,7 +74,7 @@ pub(crate) enum Event {
     Placed { run: String, outcome: &'static str },
     /// A create request finished: its result is recorded with the other
     /// results at hand, in the next decision's first batch (batch.rs).
-    Created(CreateDone),
+    Created(Box<CreateDone>),
     /// A run was requested through the admin endpoint (`calld trigger`,
     /// `calld retry`): it is in the ledger, due now.
     Triggered { run: String },
@@ -710,12 +710,12 @@ impl Controller {
             }
             // recorded by the controller with the other answers at hand
             let _ = events
-                .send(Event::Created(CreateDone {
+                .send(Event::Created(Box::new(CreateDone {
                     run: id,
                     attempt,
                     spec: spec.name,
                     result,
-                }))
+                })))
                 .await;
         });
     }
@@ -766,7 +766,7 @@ impl Controller {
             }
             Event::Created(done) => {
                 tracing::debug!(run = %done.run, result = done.result.outcome.as_str(), "create request finished");
-                self.created.push(done);
+                self.created.push(*done);
             }
             Event::Triggered { run } => {
                 tracing::debug!(run = %run, "run requested through the admin endpoint");
