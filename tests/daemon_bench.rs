@@ -336,7 +336,8 @@ fn burst(others: usize) {
     const BURST: usize = 300;
     let emu = Emu::start("calls: { answerAfter: 10ms, length: 20ms }\n");
     // CALLD_BENCH_LOG=1: the daemon logs at debug level and the decisions
-    // made during the burst are printed
+    // made during the burst are printed (CALLD_BENCH_LOG=<file>: and the
+    // whole log is written to that file)
     let trace = std::env::var_os("CALLD_BENCH_LOG").is_some();
     let env = Env::new(&emu);
     let hour_now = Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC).hour() as usize;
@@ -413,6 +414,10 @@ fn burst(others: usize) {
     );
     if trace {
         let log = d.log_text();
+        // CALLD_BENCH_LOG=<file>: the whole daemon log goes there too
+        if let Some(path) = std::env::var_os("CALLD_BENCH_LOG").filter(|p| p.len() > 1) {
+            std::fs::write(&path, &log).unwrap();
+        }
         let lines: Vec<&str> = log.lines().filter(|l| l.contains("decision")).collect();
         for line in &lines[lines.len().saturating_sub(40)..] {
             println!("{line}");

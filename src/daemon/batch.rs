@@ -9,6 +9,12 @@
 //! request leaves before its `requesting` row is on disk. A write the
 //! ledger refuses (the run moved meanwhile) skips that action only; the
 //! next decision sees the new state.
+//!
+//! The create answers that arrived since the last batch are recorded in the
+//! decision's first batch (one fsync for all of them): with the `requesting`
+//! marks of the runs that take their request slots, or with the decision's
+//! other writes, or on their own when the decision writes nothing. A run
+//! stays in flight until its answer is committed.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,13 +23,16 @@ use crate::ledger::{self, CallPromise, Finish, Ledger, Run, RunKey, Write, Writt
 use crate::reconcile::Action;
 use crate::spec::Spec;
 
-use super::{Controller, log_outcome, with_attempt_error, with_ledger};
+use super::{Controller, CreateDone, log_outcome, with_attempt_error, with_ledger};
 
 impl Controller {
-    /// Applies a decision's actions in their order: each run of
-    /// consecutive ledger actions is one batch, each run of consecutive
-    /// placements is one batch of `requesting` marks followed by their
-    /// requests. Returns the runs this decision inserted, by key.
+    /// Applies a decision's actions in their order, in as few batches as
+    /// that order allows: a run of ledger actions and the placements that
+    /// follow it are ONE batch (the writes first, then the `requesting`
+    /// marks; the requests leave once it is committed), unless a placement
+    /// is of a run that those writes insert (its id comes from that
+    /// insert: it goes in the next batch). Returns the runs this decision
+    /// inserted, by key.
     pub(super) async fn apply_all(&mut self, actions: Vec<Action>) -> HashMap<RunKey, Run> {
         let mut inserted = HashMap::new();
         let mut writes: Vec<Action> = Vec::new();
@@ -31,52 +40,176 @@ impl Controller {
         for action in actions {
             match action {
                 Action::Place { id, key } => {
-                    if !writes.is_empty() {
-                        self.flush_writes(std::mem::take(&mut writes), &mut inserted)
-                            .await;
+                    if id.is_none() && !writes.is_empty() {
+                        let (w, p) = (std::mem::take(&mut writes), std::mem::take(&mut places));
+                        self.flush(w, p, &mut inserted).await;
                     }
                     places.push((id, key));
                 }
                 other => {
                     if !places.is_empty() {
-                        self.flush_places(std::mem::take(&mut places), &inserted)
-                            .await;
+                        let (w, p) = (std::mem::take(&mut writes), std::mem::take(&mut places));
+                        self.flush(w, p, &mut inserted).await;
                     }
                     writes.push(other);
                 }
             }
         }
-        if !writes.is_empty() {
-            self.flush_writes(writes, &mut inserted).await;
+        if !writes.is_empty() || !places.is_empty() {
+            self.flush(writes, places, &mut inserted).await;
         }
-        if !places.is_empty() {
-            self.flush_places(places, &inserted).await;
+        if !self.created.is_empty() {
+            self.flush_created().await;
         }
         inserted
     }
 
-    /// The ledger actions of a decision, in one transaction.
-    async fn flush_writes(&mut self, actions: Vec<Action>, inserted: &mut HashMap<RunKey, Run>) {
+    /// One batch: the create answers at hand, the ledger actions, then the
+    /// `requesting` marks of the placements; once it is committed, the
+    /// keepAlives and hang-ups recorded and the create requests leave.
+    async fn flush(
+        &mut self,
+        actions: Vec<Action>,
+        places: Vec<(Option<String>, RunKey)>,
+        inserted: &mut HashMap<RunKey, Run>,
+    ) {
+        let (chosen, tokens) = if places.is_empty() {
+            (Vec::new(), HashMap::new())
+        } else {
+            self.choose_places(places, inserted).await
+        };
+        if actions.is_empty() && chosen.is_empty() {
+            return;
+        }
         let now = crate::clock::now();
         let acts = actions.clone();
         let stored = self.stored_promises.clone();
+        let (done, mut batch) = self.take_created();
+        let (n_rec, n_act) = (batch.len(), acts.len());
+        // The run rows say `requesting` on disk before any request leaves,
+        // each with its call's promise (its hangupAfter as placed) and, on a
+        // shared ledger, its claim's fencing token.
+        let marks: Vec<Write> = chosen
+            .iter()
+            .map(|(id, spec)| Write::Requesting {
+                id: id.clone(),
+                hangup_after: spec.hangup_after,
+                claim: tokens.get(id).copied(),
+            })
+            .collect();
         let res = with_ledger(&self.rt.ledger, move |l| {
-            let writes: Vec<Write> = acts.iter().map(|a| to_write(l, &stored, a)).collect();
-            let results = l.write_batch(&writes, now)?;
-            Ok((writes, results))
+            batch.extend(acts.iter().map(|a| to_write(l, &stored, a)));
+            batch.extend(marks);
+            let mut results = l.write_batch(&batch, now)?;
+            let marked = results.split_off(n_rec + n_act);
+            let own = results.split_off(n_rec);
+            let mut writes = batch.split_off(n_rec);
+            writes.truncate(n_act);
+            Ok((results, writes, own, marked))
         })
         .await;
-        let (writes, results) = match res {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::warn!(error = %e, count = actions.len(), "cannot record the decision's ledger writes; the next decision tries again");
-                // keepAlives and hang-ups still leave, as when their record failed
-                for action in actions {
-                    self.send_call_op(action, now);
-                }
-                return;
+        match res {
+            Ok((recorded, writes, own, marked)) => {
+                self.created_recorded(done, Ok(recorded));
+                self.writes_done(actions, writes, own, inserted, now);
+                self.marks_done(chosen, marked, now);
             }
+            Err(e) => {
+                self.created_recorded(done, Err(e.to_string()));
+                if !actions.is_empty() {
+                    tracing::warn!(error = %e, count = actions.len(), "cannot record the decision's ledger writes; the next decision tries again");
+                    // keepAlives and hang-ups still leave, as when their record failed
+                    for action in actions {
+                        self.send_call_op(action, now);
+                    }
+                }
+                if !chosen.is_empty() {
+                    tracing::warn!(error = %e, count = chosen.len(), "cannot mark due runs requesting; nothing was sent");
+                    if let Some(r) = &self.replica {
+                        // their claims lapse: another decision (here or on
+                        // another replica) claims them again
+                        let mut held = r.claims.lock().unwrap_or_else(|p| p.into_inner());
+                        for (id, _) in &chosen {
+                            held.remove(id);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records the create answers at hand in one batch of their own.
+    pub(crate) async fn flush_created(&mut self) {
+        let (done, writes) = self.take_created();
+        if done.is_empty() {
+            return;
+        }
+        let now = crate::clock::now();
+        let res = with_ledger(&self.rt.ledger, move |l| l.write_batch(&writes, now)).await;
+        self.created_recorded(done, res.map_err(|e| e.to_string()));
+    }
+
+    /// The create answers at hand, with their writes (to go first in the
+    /// batch about to be committed).
+    fn take_created(&mut self) -> (Vec<CreateDone>, Vec<Write>) {
+        let done = std::mem::take(&mut self.created);
+        let writes = done.iter().map(super::create_write).collect();
+        (done, writes)
+    }
+
+    /// The answers of a batch's create records (its first writes): their
+    /// runs are no longer in flight, their specs are decided again.
+    /// `res`: per record, what it did; or why the whole batch failed.
+    fn created_recorded(
+        &mut self,
+        done: Vec<CreateDone>,
+        res: Result<Vec<ledger::Result<Written>>, String>,
+    ) {
+        let results: Vec<Result<Written, String>> = match res {
+            Ok(r) => r
+                .into_iter()
+                .map(|r| r.map_err(|e| e.to_string()))
+                .collect(),
+            Err(e) => done.iter().map(|_| Err(e.clone())).collect(),
         };
+        for (done, result) in done.into_iter().zip(results) {
+            match result {
+                Ok(Written::Created(rec)) => super::log_created(&done, &rec),
+                Ok(other) => {
+                    tracing::error!(answer = ?other, "unexpected answer to a ledger write")
+                }
+                Err(e) => {
+                    tracing::error!(run = %done.run, error = %e, "cannot record the create result")
+                }
+            }
+            if let Some(r) = &self.replica {
+                r.claims
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&done.run);
+            }
+            self.in_flight.remove(&done.run);
+            match self.cache.spec_of(&done.run) {
+                Some(spec) if spec != done.spec => {
+                    let spec = spec.to_string();
+                    self.dirty.mark(&spec);
+                }
+                _ => {}
+            }
+            self.dirty.mark(&done.spec);
+            self.recorded = true;
+        }
+    }
+
+    /// What the ledger actions of a committed batch did.
+    fn writes_done(
+        &mut self,
+        actions: Vec<Action>,
+        writes: Vec<Write>,
+        results: Vec<ledger::Result<Written>>,
+        inserted: &mut HashMap<RunKey, Run>,
+        now: jiff::Timestamp,
+    ) {
         for ((action, write), result) in actions.into_iter().zip(writes).zip(results) {
             match (&action, result) {
                 (Action::HangUp { .. } | Action::KeepAlive { .. }, r) => {
@@ -130,20 +263,23 @@ impl Controller {
         }
     }
 
-    /// The placements of a decision: every run marked `requesting` in one
-    /// transaction, then (committed) every create request sent.
+    /// The due runs of a decision's placements that get a request now,
+    /// claimed on a shared ledger (with their fencing tokens).
     ///
     /// At most `graph.maxConcurrentRequests` runs are `requesting` at once:
     /// a run marked `requesting` that waited in the Graph client's queue
     /// would become `unknown` in a crash (never re-sent) although Graph
     /// never saw it. Beyond the limit the run stays `scheduled` (its
     /// deadline still applies) until a request finishes.
-    async fn flush_places(
+    async fn choose_places(
         &mut self,
         places: Vec<(Option<String>, RunKey)>,
         inserted: &HashMap<RunKey, Run>,
-    ) {
+    ) -> (Vec<(String, Spec)>, HashMap<String, ledger::FencingToken>) {
         let cap = self.rt.config.graph.max_concurrent_requests.max(1);
+        // Answers at hand are recorded in the batch below, before any new
+        // request leaves: their slots are free.
+        let running = self.in_flight.len().saturating_sub(self.created.len());
         let mut due: Vec<(String, RunKey)> = Vec::with_capacity(places.len());
         for (id, key) in places {
             let id = match id {
@@ -181,7 +317,7 @@ impl Controller {
             if self.in_flight.contains(&id) || chosen.iter().any(|(c, _)| *c == id) {
                 continue;
             }
-            if self.in_flight.len() + chosen.len() >= cap {
+            if running + chosen.len() >= cap {
                 self.deferred = true;
                 continue;
             }
@@ -192,41 +328,21 @@ impl Controller {
             chosen.push((id, spec));
         }
         if chosen.is_empty() {
-            return;
+            return (chosen, HashMap::new());
         }
-        let now = crate::clock::now();
         // A shared ledger: only the runs this replica claims are its own.
-        let tokens = self.claim_due(&mut chosen, now).await;
-        if chosen.is_empty() {
-            return;
-        }
-        // The run rows say `requesting` on disk before any request leaves,
-        // each with its call's promise (its hangupAfter as placed) and, on a
-        // shared ledger, its claim's fencing token.
-        let writes: Vec<Write> = chosen
-            .iter()
-            .map(|(id, spec)| Write::Requesting {
-                id: id.clone(),
-                hangup_after: spec.hangup_after,
-                claim: tokens.get(id).copied(),
-            })
-            .collect();
-        let res = with_ledger(&self.rt.ledger, move |l| l.write_batch(&writes, now)).await;
-        let results = match res {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, count = chosen.len(), "cannot mark due runs requesting; nothing was sent");
-                if let Some(r) = &self.replica {
-                    // their claims lapse: another decision (here or on
-                    // another replica) claims them again
-                    let mut held = r.claims.lock().unwrap_or_else(|p| p.into_inner());
-                    for (id, _) in &chosen {
-                        held.remove(id);
-                    }
-                }
-                return;
-            }
-        };
+        let tokens = self.claim_due(&mut chosen, crate::clock::now()).await;
+        (chosen, tokens)
+    }
+
+    /// The `requesting` marks of a committed batch: each marked run's
+    /// create request leaves.
+    fn marks_done(
+        &mut self,
+        chosen: Vec<(String, Spec)>,
+        results: Vec<ledger::Result<Written>>,
+        now: jiff::Timestamp,
+    ) {
         for ((id, spec), result) in chosen.into_iter().zip(results) {
             match result {
                 Ok(Written::Requesting(attempt)) => self.send_create(id, spec, attempt, now),

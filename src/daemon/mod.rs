@@ -69,8 +69,12 @@ pub async fn with_ledger<T: Send + 'static>(
 /// Something that wakes the controller.
 #[derive(Debug)]
 pub(crate) enum Event {
-    /// A create request finished (its result is already in the ledger).
+    /// A create request finished without a result to record (its lease
+    /// ran out before it left: already requeued in the ledger).
     Placed { run: String, outcome: &'static str },
+    /// A create request finished: its result is recorded with the other
+    /// results at hand, in the next decision's first batch (batch.rs).
+    Created(Box<CreateDone>),
     /// A run was requested through the admin endpoint (`calld trigger`,
     /// `calld retry`): it is in the ledger, due now.
     Triggered { run: String },
@@ -83,6 +87,20 @@ pub(crate) enum Event {
         op: &'static str,
         gone: bool,
     },
+}
+
+/// A create request's answer, not yet recorded. Its run stays in flight
+/// (and `requesting` in the ledger) until the batch that records it is
+/// committed; a crash before that leaves it `requesting`, recovered as
+/// `unknown`, exactly as a crash between the answer and a record of its own.
+#[derive(Debug)]
+pub(crate) struct CreateDone {
+    pub(crate) run: String,
+    /// The attempt its `requesting` mark opened.
+    pub(crate) attempt: u32,
+    /// The run's spec when the request left.
+    pub(crate) spec: String,
+    pub(crate) result: CreateResult,
 }
 
 /// What the daemon was started with, after configuration and sandbox setup.
@@ -114,8 +132,17 @@ pub(crate) struct Controller {
     rt: Runtime,
     specs: SpecSet,
     calls: BTreeMap<String, CallMemo>,
-    /// Runs whose placement task is running (never two for one run).
+    /// Runs whose placement task is running (never two for one run), or
+    /// whose answer waits in `created` for its record.
     in_flight: HashSet<String>,
+    /// Create answers that arrived since the last ledger batch: recorded
+    /// together in the next one (batch.rs). Their requests are over, so
+    /// they do not count against `graph.maxConcurrentRequests`.
+    created: Vec<CreateDone>,
+    /// The last decision recorded create answers: decide again at once
+    /// (their runs' specs are read again: a closed or requeued request is
+    /// finished or retried, a placed call's deadline is set).
+    pub(crate) recorded: bool,
     /// Runs whose hang-up or keepAlive is running.
     ops_in_flight: HashSet<(String, &'static str)>,
     events_tx: mpsc::Sender<Event>,
@@ -183,6 +210,8 @@ impl Controller {
             specs: SpecSet::default(),
             calls: BTreeMap::new(),
             in_flight: HashSet::new(),
+            created: Vec::new(),
+            recorded: false,
             ops_in_flight: HashSet::new(),
             events_tx,
             watched: BTreeSet::new(),
@@ -294,6 +323,7 @@ impl Controller {
     pub(crate) async fn decide(&mut self) -> anyhow::Result<Option<Timestamp>> {
         let now = crate::clock::now();
         self.deferred = false;
+        self.recorded = false;
         // A shared ledger: first this replica's part of the common memory
         // (replica.rs): runs whose replica died mid-request become
         // `unknown`, this copy's changed views are published, the newest
@@ -467,10 +497,13 @@ impl Controller {
             total_ms = started.elapsed().as_secs_f64() * 1e3,
             "decision"
         );
-        let wake = match (self.dirty.next_wake(), ident.wake_at) {
+        let mut wake = match (self.dirty.next_wake(), ident.wake_at) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        if self.recorded {
+            wake = Some(now);
+        }
         Ok(wake)
     }
 
@@ -682,14 +715,15 @@ impl Controller {
                     Duration::try_from(secs).unwrap_or(Duration::ZERO),
                 );
             }
-            let outcome = result.outcome.as_str();
-            if let Err(e) = record_create(&ledger, &id, attempt, &spec, result).await {
-                tracing::error!(run = %id, error = %e, "cannot record the create result");
-            }
-            if let Some((claims, _)) = &fence {
-                claims.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-            }
-            let _ = events.send(Event::Placed { run: id, outcome }).await;
+            // recorded by the controller with the other answers at hand
+            let _ = events
+                .send(Event::Created(Box::new(CreateDone {
+                    run: id,
+                    attempt,
+                    spec: spec.name,
+                    result,
+                })))
+                .await;
         });
     }
 
@@ -736,6 +770,10 @@ impl Controller {
                 tracing::debug!(run = %run, result = outcome, "create request finished");
                 self.in_flight.remove(&run);
                 self.run_changed(&run).await;
+            }
+            Event::Created(done) => {
+                tracing::debug!(run = %done.run, result = done.result.outcome.as_str(), "create request finished");
+                self.created.push(*done);
             }
             Event::Triggered { run } => {
                 tracing::debug!(run = %run, "run requested through the admin endpoint");
@@ -932,77 +970,83 @@ impl Controller {
     }
 }
 
-/// Records a create request's attempts and result in ONE transaction
-/// (`SqliteLedger::record_create`): the 201's call id and `placed` together;
-/// a request Graph did not process (429, 503 with `Retry-After`, refused
-/// connection, no token) sends the run back to `scheduled` with its
-/// earliest next try, durably, before any wait.
-async fn record_create(
-    ledger: &SharedLedger,
-    id: &str,
-    first: u32,
-    spec: &Spec,
-    result: CreateResult,
-) -> ledger::Result<()> {
-    let id = id.to_string();
-    let spec_name = spec.name.clone();
-    with_ledger(ledger, move |l| {
-        let now = crate::clock::now();
-        let (end, reason) = create_end(&result);
-        let last = result.attempts.len().saturating_sub(1);
-        let final_disposition = match &end {
-            ledger::CreateEnd::Placed { .. } => Disposition::Placed,
-            ledger::CreateEnd::Requeue { .. } => Disposition::Failed,
-            ledger::CreateEnd::Closed => match &result.outcome {
-                CreateOutcome::Rejected { .. } => Disposition::Rejected,
-                CreateOutcome::Failed { .. } => Disposition::Failed,
-                _ => Disposition::Unknown,
+/// The ledger write that records a create request's attempts and result
+/// (`Ledger::record_create`, as a [`ledger::Write::Create`] of a batch):
+/// the 201's call id and `placed` together; a request Graph did not
+/// process (429, 503 with `Retry-After`, refused connection, no token)
+/// sends the run back to `scheduled` with its earliest next try, durably,
+/// before any wait.
+pub(crate) fn create_write(done: &CreateDone) -> ledger::Write {
+    let result = &done.result;
+    let (end, reason) = create_end(result);
+    let last = result.attempts.len().saturating_sub(1);
+    let final_disposition = final_disposition(result, &end);
+    let steps: Vec<ledger::CreateStep> = result
+        .attempts
+        .iter()
+        .enumerate()
+        .map(|(i, a)| ledger::CreateStep {
+            result: AttemptResult {
+                disposition: Some(if i == last {
+                    final_disposition
+                } else {
+                    Disposition::Failed
+                }),
+                http_status: a.status,
+                error_code: a.error_code.clone(),
+                error_message: a
+                    .error_message
+                    .clone()
+                    .or_else(|| if i == last { reason.clone() } else { None }),
+                request_id: a.request_id.clone(),
+                client_request_id: Some(a.client_request_id.clone()),
             },
-        };
-        let steps: Vec<ledger::CreateStep> = result
-            .attempts
-            .iter()
-            .enumerate()
-            .map(|(i, a)| ledger::CreateStep {
-                result: AttemptResult {
-                    disposition: Some(if i == last {
-                        final_disposition
-                    } else {
-                        Disposition::Failed
-                    }),
-                    http_status: a.status,
-                    error_code: a.error_code.clone(),
-                    error_message: a.error_message.clone().or_else(|| {
-                        if i == last {
-                            reason.clone()
-                        } else {
-                            None
-                        }
-                    }),
-                    request_id: a.request_id.clone(),
-                    client_request_id: Some(a.client_request_id.clone()),
-                },
-                started_at: a.started_at,
-                finished_at: a.finished_at,
-                client_request_id: a.client_request_id.clone(),
-            })
-            .collect();
-        let done = l.record_create(&id, first, &steps, &end, now)?;
-        match &end {
-            ledger::CreateEnd::Placed { call_id } => {
-                tracing::info!(run = %id, spec = %spec_name, call_id = %call_id, "call placed")
-            }
-            ledger::CreateEnd::Requeue { error, .. } => {
-                let at = done.not_before.map(|t| t.to_string()).unwrap_or_default();
-                tracing::warn!(run = %id, spec = %spec_name, error = %error, next_try = %at, "create request not processed by Graph; the run stays scheduled")
-            }
-            ledger::CreateEnd::Closed => {
-                tracing::warn!(run = %id, spec = %spec_name, result = final_disposition.as_str(), reason = reason.as_deref().unwrap_or(""), "create request did not place the call")
-            }
+            started_at: a.started_at,
+            finished_at: a.finished_at,
+            client_request_id: a.client_request_id.clone(),
+        })
+        .collect();
+    ledger::Write::Create {
+        id: done.run.clone(),
+        first: done.attempt,
+        steps,
+        end,
+    }
+}
+
+/// The disposition of a create request's last attempt.
+fn final_disposition(result: &CreateResult, end: &ledger::CreateEnd) -> Disposition {
+    match end {
+        ledger::CreateEnd::Placed { .. } => Disposition::Placed,
+        ledger::CreateEnd::Requeue { .. } => Disposition::Failed,
+        ledger::CreateEnd::Closed => match &result.outcome {
+            CreateOutcome::Rejected { .. } => Disposition::Rejected,
+            CreateOutcome::Failed { .. } => Disposition::Failed,
+            _ => Disposition::Unknown,
+        },
+    }
+}
+
+/// The log line of a recorded create request.
+pub(crate) fn log_created(done: &CreateDone, recorded: &ledger::CreateRecorded) {
+    let (id, spec_name) = (&done.run, &done.spec);
+    let (end, reason) = create_end(&done.result);
+    match &end {
+        ledger::CreateEnd::Placed { call_id } => {
+            tracing::info!(run = %id, spec = %spec_name, call_id = %call_id, "call placed")
         }
-        Ok(())
-    })
-    .await
+        ledger::CreateEnd::Requeue { error, .. } => {
+            let at = recorded
+                .not_before
+                .map(|t| t.to_string())
+                .unwrap_or_default();
+            tracing::warn!(run = %id, spec = %spec_name, error = %error, next_try = %at, "create request not processed by Graph; the run stays scheduled")
+        }
+        ledger::CreateEnd::Closed => {
+            let result = final_disposition(&done.result, &end);
+            tracing::warn!(run = %id, spec = %spec_name, result = result.as_str(), reason = reason.as_deref().unwrap_or(""), "create request did not place the call")
+        }
+    }
 }
 
 /// How a create result ends in the ledger, and the reason to record.

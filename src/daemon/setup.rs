@@ -403,6 +403,13 @@ async fn run_async(
     }
     let mut listener_counts = crate::callback::CallbackCounts::default();
     let exit = loop {
+        // Every decision takes the create answers at hand first, whatever
+        // woke the loop: their runs hold request slots until recorded (in
+        // the decision's first batch), and the select below would otherwise
+        // leave them waiting behind notifications and timers.
+        while let Ok(ev) = events_rx.try_recv() {
+            controller.on_event(ev).await;
+        }
         let wake = match controller.decide().await {
             Ok(w) => w,
             // a shared ledger that does not answer: not ready, nothing
@@ -584,10 +591,22 @@ async fn run_async(
     }
     let _ = shutdown_tx.send(true);
     // let request tasks that are already running record their result
+    // (and the answers at hand first: they wait for no event)
+    while let Ok(ev) = events_rx.try_recv() {
+        controller.on_event(ev).await;
+    }
+    controller.flush_created().await;
     let drain_until = tokio::time::Instant::now() + Duration::from_secs(10);
     while !controller.in_flight.is_empty() && tokio::time::Instant::now() < drain_until {
         match tokio::time::timeout_at(drain_until, events_rx.recv()).await {
-            Ok(Some(ev)) => controller.on_event(ev).await,
+            Ok(Some(ev)) => {
+                controller.on_event(ev).await;
+                while let Ok(more) = events_rx.try_recv() {
+                    controller.on_event(more).await;
+                }
+                // no decision follows: the answers are recorded here
+                controller.flush_created().await;
+            }
             _ => break,
         }
     }

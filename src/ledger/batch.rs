@@ -17,7 +17,10 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use super::{CallPromise, Finish, Inserted, NewRun, Result, Run, RunProgress};
+use super::{
+    CallPromise, CreateEnd, CreateRecorded, CreateStep, Finish, Inserted, NewRun, Result, Run,
+    RunProgress,
+};
 
 /// One write of a [`Ledger::write_batch`](super::Ledger::write_batch).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +63,15 @@ pub enum Write {
         hang_up: bool,
         expected: Option<Timestamp>,
     },
+    /// [`Ledger::record_create`](super::Ledger::record_create): a create
+    /// request's attempts and end. The results of the requests that
+    /// finished together are recorded in one batch (one fsync).
+    Create {
+        id: String,
+        first: u32,
+        steps: Vec<CreateStep>,
+        end: CreateEnd,
+    },
 }
 
 /// What one [`Write`] did, in the same position of the answer.
@@ -73,6 +85,7 @@ pub enum Written {
     /// The attempt number opened by `requesting`.
     Requesting(u32),
     CallOp,
+    Created(CreateRecorded),
 }
 
 /// Everything a decision reads about the runs that are not finished, read

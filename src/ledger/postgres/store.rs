@@ -638,6 +638,94 @@ fn add(t: Timestamp, d: Duration) -> Timestamp {
         .unwrap_or(Timestamp::MAX)
 }
 
+/// The body of [`PgLedger::record_create`], inside the caller's
+/// transaction (also [`crate::ledger::Write::Create`] of a batch).
+pub(super) fn record_create_in(
+    tx: &mut impl Q,
+    id: &str,
+    first: u32,
+    steps: &[CreateStep],
+    end: &CreateEnd,
+    now: Timestamp,
+) -> Result<CreateRecorded> {
+    if steps.is_empty() {
+        let r = AttemptResult {
+            disposition: Some(Disposition::Failed),
+            ..AttemptResult::default()
+        };
+        finish_attempt_in(tx, id, first, &r, now)?;
+    }
+    for (i, s) in steps.iter().enumerate() {
+        let number = if i == 0 {
+            first
+        } else {
+            begin_attempt_in(tx, id, Some(&s.client_request_id), s.started_at)?
+        };
+        finish_attempt_in(tx, id, number, &s.result, s.finished_at)?;
+    }
+    match end {
+        CreateEnd::Placed { call_id } => {
+            let run = mark_placed_in(tx, id, call_id, now)?;
+            let (seq, _) = load_required(tx, id)?;
+            tx.execute(
+                "UPDATE run_extras SET transient_failures = 0, not_before = NULL \
+                 WHERE run_seq = $1",
+                &[&seq],
+            )?;
+            Ok(CreateRecorded {
+                run,
+                not_before: None,
+            })
+        }
+        CreateEnd::Closed => Ok(CreateRecorded {
+            run: reload(tx, id)?,
+            not_before: None,
+        }),
+        CreateEnd::Requeue { retry_after, error } => {
+            let (seq, run) = load_required(tx, id)?;
+            if run.state != RunState::Requesting {
+                return Err(refused(
+                    &run,
+                    Refusal {
+                        action: "requeue",
+                        why: "only a requesting run goes back to scheduled",
+                    },
+                ));
+            }
+            ensure_extras(tx, seq)?;
+            let failures: i64 = tx
+                .query_one(
+                    "UPDATE run_extras SET transient_failures = transient_failures + 1 \
+                     WHERE run_seq = $1 RETURNING transient_failures",
+                    &[&seq],
+                )?
+                .get(0);
+            let failures = u32::try_from(failures).unwrap_or(u32::MAX);
+            let wait = retry_after.unwrap_or_else(|| requeue_backoff(failures));
+            let not_before = add(now, wait);
+            tx.execute(
+                "UPDATE run_extras SET not_before = $2 WHERE run_seq = $1",
+                &[&seq, &us(not_before)],
+            )?;
+            let reason = format!(
+                "{WAITING_PREFIX}{error}; next try at {}",
+                not_before.round(jiff::Unit::Second).unwrap_or(not_before)
+            );
+            tx.execute(
+                "UPDATE runs SET state = 'scheduled', tries = GREATEST(tries - 1, 0), \
+                 reason = $2, call_id = NULL, updated_at = $3, \
+                 claim_owner = NULL, claim_token = NULL, lease_until = NULL \
+                 WHERE seq = $1",
+                &[&seq, &reason, &us(now)],
+            )?;
+            Ok(CreateRecorded {
+                run: reload(tx, id)?,
+                not_before: Some(not_before),
+            })
+        }
+    }
+}
+
 pub(super) fn mark_requesting_with_in(
     c: &mut impl Q,
     me: &PgCtx<'_>,
@@ -878,84 +966,7 @@ impl PgLedger {
         end: &CreateEnd,
         now: Timestamp,
     ) -> Result<CreateRecorded> {
-        self.write(|tx| {
-            if steps.is_empty() {
-                let r = AttemptResult {
-                    disposition: Some(Disposition::Failed),
-                    ..AttemptResult::default()
-                };
-                finish_attempt_in(tx, id, first, &r, now)?;
-            }
-            for (i, s) in steps.iter().enumerate() {
-                let number = if i == 0 {
-                    first
-                } else {
-                    begin_attempt_in(tx, id, Some(&s.client_request_id), s.started_at)?
-                };
-                finish_attempt_in(tx, id, number, &s.result, s.finished_at)?;
-            }
-            match end {
-                CreateEnd::Placed { call_id } => {
-                    let run = mark_placed_in(tx, id, call_id, now)?;
-                    let (seq, _) = load_required(tx, id)?;
-                    tx.execute(
-                        "UPDATE run_extras SET transient_failures = 0, not_before = NULL \
-                         WHERE run_seq = $1",
-                        &[&seq],
-                    )?;
-                    Ok(CreateRecorded {
-                        run,
-                        not_before: None,
-                    })
-                }
-                CreateEnd::Closed => Ok(CreateRecorded {
-                    run: reload(tx, id)?,
-                    not_before: None,
-                }),
-                CreateEnd::Requeue { retry_after, error } => {
-                    let (seq, run) = load_required(tx, id)?;
-                    if run.state != RunState::Requesting {
-                        return Err(refused(
-                            &run,
-                            Refusal {
-                                action: "requeue",
-                                why: "only a requesting run goes back to scheduled",
-                            },
-                        ));
-                    }
-                    ensure_extras(tx, seq)?;
-                    let failures: i64 = tx
-                        .query_one(
-                            "UPDATE run_extras SET transient_failures = transient_failures + 1 \
-                             WHERE run_seq = $1 RETURNING transient_failures",
-                            &[&seq],
-                        )?
-                        .get(0);
-                    let failures = u32::try_from(failures).unwrap_or(u32::MAX);
-                    let wait = retry_after.unwrap_or_else(|| requeue_backoff(failures));
-                    let not_before = add(now, wait);
-                    tx.execute(
-                        "UPDATE run_extras SET not_before = $2 WHERE run_seq = $1",
-                        &[&seq, &us(not_before)],
-                    )?;
-                    let reason = format!(
-                        "{WAITING_PREFIX}{error}; next try at {}",
-                        not_before.round(jiff::Unit::Second).unwrap_or(not_before)
-                    );
-                    tx.execute(
-                        "UPDATE runs SET state = 'scheduled', tries = GREATEST(tries - 1, 0), \
-                         reason = $2, call_id = NULL, updated_at = $3, \
-                         claim_owner = NULL, claim_token = NULL, lease_until = NULL \
-                         WHERE seq = $1",
-                        &[&seq, &reason, &us(now)],
-                    )?;
-                    Ok(CreateRecorded {
-                        run: reload(tx, id)?,
-                        not_before: Some(not_before),
-                    })
-                }
-            }
-        })
+        self.write(|tx| record_create_in(tx, id, first, steps, end, now))
     }
 
     /// As [`SqliteLedger::note_waiting`](crate::ledger::SqliteLedger::note_waiting).
@@ -1197,6 +1208,12 @@ impl PgLedger {
                         record_call_op_in(&mut sp, id, *hang_up, Some(*expected), now)?;
                         Written::CallOp
                     }
+                    Write::Create {
+                        id,
+                        first,
+                        steps,
+                        end,
+                    } => Written::Created(record_create_in(&mut sp, id, *first, steps, end, now)?),
                 })
             })();
             match &result {

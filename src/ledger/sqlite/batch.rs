@@ -5,7 +5,7 @@
 use jiff::Timestamp;
 use rusqlite::TransactionBehavior;
 
-use super::extras::{mark_requesting_with_in, record_call_op_in};
+use super::extras::{mark_requesting_with_in, record_call_op_in, record_create_in};
 use super::{SqliteLedger, finish_in, insert_run_in, retry_later_in};
 use crate::ledger::batch::{BatchResult, OpenState, Write, Written};
 use crate::ledger::{Ledger, LedgerError, Result, RunProgress};
@@ -55,6 +55,12 @@ impl SqliteLedger {
                         record_call_op_in(&sp, id, *hang_up, Some(*expected), now)?;
                         Written::CallOp
                     }
+                    Write::Create {
+                        id,
+                        first,
+                        steps,
+                        end,
+                    } => Written::Created(record_create_in(&sp, id, *first, steps, end, now)?),
                 })
             })();
             if result.is_ok() {
@@ -105,8 +111,8 @@ mod tests {
 
     use crate::ledger::postgres::testing::{Schemas, TestStore, pg_available, store_test};
     use crate::ledger::{
-        Finish, Ledger, LedgerError, NewRun, Outcome, RunKey, RunState, SqliteLedger, Write,
-        Written,
+        CreateEnd, Finish, Ledger, LedgerError, NewRun, Outcome, RunKey, RunState, SqliteLedger,
+        Write, Written,
     };
 
     fn t(secs: i64) -> jiff::Timestamp {
@@ -257,6 +263,8 @@ mod tests {
         Retry(u8),
         Requesting(u8),
         Call(u8, bool),
+        /// A create request's result: placed, else back to `scheduled`.
+        Create(u8, bool),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -267,7 +275,8 @@ mod tests {
             (k.clone(), any::<bool>()).prop_map(|(k, b)| Op::Finish(k, b)),
             k.clone().prop_map(Op::Retry),
             k.clone().prop_map(Op::Requesting),
-            (k, any::<bool>()).prop_map(|(k, b)| Op::Call(k, b)),
+            (k.clone(), any::<bool>()).prop_map(|(k, b)| Op::Call(k, b)),
+            (k, any::<bool>()).prop_map(|(k, b)| Op::Create(k, b)),
         ]
     }
 
@@ -308,6 +317,21 @@ mod tests {
                 hang_up: *hang_up,
                 expected: None,
             },
+            Op::Create(k, placed) => Write::Create {
+                id: id(k)?,
+                first: 1,
+                steps: Vec::new(),
+                end: if *placed {
+                    CreateEnd::Placed {
+                        call_id: format!("call-{k}"),
+                    }
+                } else {
+                    CreateEnd::Requeue {
+                        retry_after: Some(Duration::from_secs(3)),
+                        error: "busy".into(),
+                    }
+                },
+            },
         })
     }
 
@@ -333,6 +357,12 @@ mod tests {
                 hang_up,
                 expected,
             } => l.record_call_op_if(id, *hang_up, *expected, now),
+            Write::Create {
+                id,
+                first,
+                steps,
+                end,
+            } => l.record_create(id, *first, steps, end, now).map(drop),
         };
         r.map_err(|e| e.to_string())
     }

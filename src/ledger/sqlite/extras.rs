@@ -119,82 +119,7 @@ impl SqliteLedger {
         end: &CreateEnd,
         now: Timestamp,
     ) -> Result<CreateRecorded> {
-        self.write(|tx| {
-            if steps.is_empty() {
-                let r = AttemptResult {
-                    disposition: Some(crate::ledger::Disposition::Failed),
-                    ..AttemptResult::default()
-                };
-                finish_attempt_in(tx, id, first, &r, now)?;
-            }
-            for (i, s) in steps.iter().enumerate() {
-                let number = if i == 0 {
-                    first
-                } else {
-                    begin_attempt_in(tx, id, Some(&s.client_request_id), s.started_at)?
-                };
-                finish_attempt_in(tx, id, number, &s.result, s.finished_at)?;
-            }
-            match end {
-                CreateEnd::Placed { call_id } => {
-                    let run = mark_placed_in(tx, id, call_id, now)?;
-                    let (seq, _) = load_required(tx, id)?;
-                    tx.execute(
-                        "UPDATE run_extras SET transient_failures = 0, not_before = NULL \
-                         WHERE run_seq = ?1",
-                        params![seq],
-                    )?;
-                    Ok(CreateRecorded {
-                        run,
-                        not_before: None,
-                    })
-                }
-                CreateEnd::Closed => Ok(CreateRecorded {
-                    run: reload(tx, id)?,
-                    not_before: None,
-                }),
-                CreateEnd::Requeue { retry_after, error } => {
-                    let (seq, run) = load_required(tx, id)?;
-                    if run.state != RunState::Requesting {
-                        return Err(refused(
-                            &run,
-                            Refusal {
-                                action: "requeue",
-                                why: "only a requesting run goes back to scheduled",
-                            },
-                        ));
-                    }
-                    ensure_extras(tx, seq)?;
-                    let failures: u32 = tx.query_row(
-                        "UPDATE run_extras SET transient_failures = transient_failures + 1 \
-                         WHERE run_seq = ?1 RETURNING transient_failures",
-                        params![seq],
-                        |r| r.get(0),
-                    )?;
-                    let wait = retry_after.unwrap_or_else(|| requeue_backoff(failures));
-                    let not_before = add(now, wait);
-                    tx.execute(
-                        "UPDATE run_extras SET not_before = ?2 WHERE run_seq = ?1",
-                        params![seq, us(not_before)],
-                    )?;
-                    let reason = format!(
-                        "{WAITING_PREFIX}{error}; next try at {}",
-                        not_before.round(jiff::Unit::Second).unwrap_or(not_before)
-                    );
-                    // A request Graph did not process is not a try: the
-                    // spec's `retry` attempts are not spent on it.
-                    tx.execute(
-                        "UPDATE runs SET state = 'scheduled', tries = MAX(tries - 1, 0), \
-                         reason = ?2, call_id = NULL, updated_at = ?3 WHERE seq = ?1",
-                        params![seq, reason, us(now)],
-                    )?;
-                    Ok(CreateRecorded {
-                        run: reload(tx, id)?,
-                        not_before: Some(not_before),
-                    })
-                }
-            }
-        })
+        self.write(|tx| record_create_in(tx, id, first, steps, end, now))
     }
 
     /// Sets the reason of a `scheduled` run that cannot be placed now (no
@@ -302,6 +227,92 @@ impl SqliteLedger {
         at: Timestamp,
     ) -> Result<()> {
         self.write(|tx| record_call_op_in(tx, id, hang_up, Some(expected), at))
+    }
+}
+
+/// The body of [`SqliteLedger::record_create`], inside the caller's
+/// transaction (also [`crate::ledger::Write::Create`] of a batch).
+pub(super) fn record_create_in(
+    tx: &Connection,
+    id: &str,
+    first: u32,
+    steps: &[CreateStep],
+    end: &CreateEnd,
+    now: Timestamp,
+) -> Result<CreateRecorded> {
+    if steps.is_empty() {
+        let r = AttemptResult {
+            disposition: Some(crate::ledger::Disposition::Failed),
+            ..AttemptResult::default()
+        };
+        finish_attempt_in(tx, id, first, &r, now)?;
+    }
+    for (i, s) in steps.iter().enumerate() {
+        let number = if i == 0 {
+            first
+        } else {
+            begin_attempt_in(tx, id, Some(&s.client_request_id), s.started_at)?
+        };
+        finish_attempt_in(tx, id, number, &s.result, s.finished_at)?;
+    }
+    match end {
+        CreateEnd::Placed { call_id } => {
+            let run = mark_placed_in(tx, id, call_id, now)?;
+            let (seq, _) = load_required(tx, id)?;
+            tx.execute(
+                "UPDATE run_extras SET transient_failures = 0, not_before = NULL \
+                 WHERE run_seq = ?1",
+                params![seq],
+            )?;
+            Ok(CreateRecorded {
+                run,
+                not_before: None,
+            })
+        }
+        CreateEnd::Closed => Ok(CreateRecorded {
+            run: reload(tx, id)?,
+            not_before: None,
+        }),
+        CreateEnd::Requeue { retry_after, error } => {
+            let (seq, run) = load_required(tx, id)?;
+            if run.state != RunState::Requesting {
+                return Err(refused(
+                    &run,
+                    Refusal {
+                        action: "requeue",
+                        why: "only a requesting run goes back to scheduled",
+                    },
+                ));
+            }
+            ensure_extras(tx, seq)?;
+            let failures: u32 = tx.query_row(
+                "UPDATE run_extras SET transient_failures = transient_failures + 1 \
+                 WHERE run_seq = ?1 RETURNING transient_failures",
+                params![seq],
+                |r| r.get(0),
+            )?;
+            let wait = retry_after.unwrap_or_else(|| requeue_backoff(failures));
+            let not_before = add(now, wait);
+            tx.execute(
+                "UPDATE run_extras SET not_before = ?2 WHERE run_seq = ?1",
+                params![seq, us(not_before)],
+            )?;
+            let reason = format!(
+                "{WAITING_PREFIX}{error}; next try at {}",
+                not_before.round(jiff::Unit::Second).unwrap_or(not_before)
+            );
+            // A request Graph did not process is not a try: the
+            // spec's `retry` attempts are not spent on it.
+            tx.execute(
+                "UPDATE runs SET state = 'scheduled', tries = MAX(tries - 1, 0), \
+                 reason = ?2, call_id = NULL, updated_at = ?3 WHERE seq = ?1",
+                params![seq, reason, us(now)],
+            )?;
+            Ok(CreateRecorded {
+                run: reload(tx, id)?,
+                not_before: Some(not_before),
+            })
+        }
     }
 }
 
