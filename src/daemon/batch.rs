@@ -275,7 +275,10 @@ impl Controller {
         &mut self,
         places: Vec<(Option<String>, RunKey)>,
         inserted: &HashMap<RunKey, Run>,
-    ) -> (Vec<(String, Spec)>, HashMap<String, ledger::FencingToken>) {
+    ) -> (
+        Vec<(String, Arc<Spec>)>,
+        HashMap<String, ledger::FencingToken>,
+    ) {
         let cap = self.rt.config.graph.max_concurrent_requests.max(1);
         // Answers at hand are recorded in the batch below, before any new
         // request leaves: their slots are free.
@@ -339,7 +342,7 @@ impl Controller {
     /// create request leaves.
     fn marks_done(
         &mut self,
-        chosen: Vec<(String, Spec)>,
+        chosen: Vec<(String, Arc<Spec>)>,
         results: Vec<ledger::Result<Written>>,
         now: jiff::Timestamp,
     ) {

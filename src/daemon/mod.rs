@@ -720,7 +720,7 @@ impl Controller {
                 .send(Event::Created(Box::new(CreateDone {
                     run: id,
                     attempt,
-                    spec: spec.name,
+                    spec: spec.name.clone(),
                     result,
                 })))
                 .await;
