@@ -1,5 +1,7 @@
 //! Issue 12, incremental source: `cargo bench --bench scale_source`
-//! (`-- --quick`: N = 1,000 and 10,000 only). Prints figures; asserts only
+//! (`-- --quick`: N = 1,000 and 10,000 only; `CALLD_BENCH_SIZES=100000`:
+//! the sizes named; `CALLD_BENCH_JSONSCHEMA=0`: no check-jsonschema
+//! ratio). Prints figures; asserts only
 //! that the work is right (what was read and loaded), never a timing.
 //!
 //! At N = 1,000, 10,000 and 100,000 spec files of about 1 KB each:
@@ -269,7 +271,15 @@ fn main() {
         println!("load average at start: {}", load.trim());
     }
     let quick = std::env::args().any(|a| a == "--quick");
-    let jsonschema = check_jsonschema();
+    // CALLD_BENCH_JSONSCHEMA=0: no check-jsonschema ratio (it takes minutes
+    // at 100,000 files); CALLD_BENCH_SIZES=100000: only these sizes
+    let jsonschema = match std::env::var("CALLD_BENCH_JSONSCHEMA").as_deref() {
+        Ok("0") => None,
+        _ => check_jsonschema(),
+    };
+    let chosen: Option<Vec<usize>> = std::env::var("CALLD_BENCH_SIZES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect());
     let tmp = tempfile::tempdir().unwrap();
     let schema = tmp.path().join("schema.json");
     let out = Command::new(BIN).arg("schema").output().unwrap();
@@ -279,6 +289,7 @@ fn main() {
     } else {
         &[1_000, 10_000, 100_000]
     };
+    let sizes = chosen.as_deref().unwrap_or(sizes);
     for &n in sizes {
         let dir = tmp.path().join(format!("calls-{n}"));
         fs::create_dir_all(&dir).unwrap();
