@@ -235,7 +235,7 @@ pub struct Delta {
 ///   (runs are recorded under the spec's current revision), and every
 ///   rename and re-key that step asked for was applied.
 ///
-/// Otherwise call [`step`]. `input.runs` needs to hold only the open runs
+/// Otherwise call [`step_all`]. `input.runs` needs to hold only the open runs
 /// of `since.names` and `since.held` (more are ignored).
 pub fn step_since(tracked: &Tracked, input: &Input<'_>, since: &Since<'_>) -> Delta {
     debug_assert!(input.dir_known, "step_since needs a known directory");
