@@ -33,19 +33,10 @@ struct File {
 }
 
 fn text(f: &File) -> Vec<u8> {
-    let schedule = if f.cron {
-        "schedule: { cron: \"0 0 1 1 *\" }\n"
-    } else {
-        ""
-    };
-    let full = format!(
-        "# note {}\nsubject: call {}-{}\n{schedule}targets: [ {{ user: {{ id: u{} }} }} ]\n",
-        f.comment, f.lineage, f.subject, f.lineage
-    );
+    let full = intent_spec_text(f.lineage, f.subject, f.comment, f.cron);
     match f.broken {
         None => full.into_bytes(),
-        // cut in the middle of the flow list: never valid YAML
-        Some(false) => full.as_bytes()[..full.len() - 8].to_vec(),
+        Some(false) => cut_mid_flow(&full),
         Some(true) => {
             let mut b = full.into_bytes();
             b.insert(10, 0xff);

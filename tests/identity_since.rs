@@ -8,6 +8,8 @@
 //! mark changed (the least the daemon's loader tells it) and the names the
 //! last step held, and its memory is kept only by its own deltas.
 
+mod reconcile_support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -16,6 +18,7 @@ use calld::identity::{self, Memory, Tracked};
 use calld::spec::{Context, Input, SpecSet, load_set};
 use jiff::Timestamp;
 use proptest::prelude::*;
+use reconcile_support::{cut_mid_flow, intent_spec_text};
 
 #[derive(Debug, Clone)]
 struct File {
@@ -27,17 +30,9 @@ struct File {
 }
 
 fn text(f: &File) -> Vec<u8> {
-    let schedule = if f.cron {
-        "schedule: { cron: \"0 0 1 1 *\" }\n"
-    } else {
-        ""
-    };
-    let full = format!(
-        "# note {}\nsubject: call {}-{}\n{schedule}targets: [ {{ user: {{ id: u{} }} }} ]\n",
-        f.comment, f.lineage, f.subject, f.lineage
-    );
+    let full = intent_spec_text(f.lineage, f.subject, f.comment, f.cron);
     if f.broken {
-        full.as_bytes()[..full.len() - 8].to_vec()
+        cut_mid_flow(&full)
     } else {
         full.into_bytes()
     }

@@ -18,6 +18,25 @@ use calld::spec::model::{
 use jiff::Timestamp;
 use serde_json::Map;
 
+/// A spec file of the identity models: one call intent (lineage, subject;
+/// a rename keeps both), a comment to edit without changing the call, and
+/// a yearly cron schedule or none.
+pub fn intent_spec_text(lineage: u32, subject: u32, comment: u32, cron: bool) -> String {
+    let schedule = if cron {
+        "schedule: { cron: \"0 0 1 1 *\" }\n"
+    } else {
+        ""
+    };
+    format!(
+        "# note {comment}\nsubject: call {lineage}-{subject}\n{schedule}targets: [ {{ user: {{ id: u{lineage} }} }} ]\n"
+    )
+}
+
+/// [`intent_spec_text`] cut in the middle of its flow list: never valid YAML.
+pub fn cut_mid_flow(text: &str) -> Vec<u8> {
+    text.as_bytes()[..text.len() - 8].to_vec()
+}
+
 pub fn ts(s: &str) -> Timestamp {
     s.parse().unwrap()
 }
