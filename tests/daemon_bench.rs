@@ -200,6 +200,17 @@ fn scale_100k() {
         started.elapsed(),
         rss_kb(d.pid()) / 1024
     );
+    if trace {
+        // what start-up spent its time on
+        let log = d.log_text();
+        for line in log.lines().filter(|l| {
+            ["calls directory loaded", "identity step", "full=true"]
+                .iter()
+                .any(|w| l.contains(w))
+        }) {
+            println!("  {line}");
+        }
+    }
     let ledger_path = env.state.join(calld::ledger::LEDGER_FILE);
     let planned = wait_until_long("every run planned", Duration::from_secs(3600), || {
         let l = calld::ledger::SqliteLedger::open_read_only(&ledger_path).ok()?;
@@ -264,13 +275,23 @@ fn scale_100k() {
     for i in 0..20 {
         let staging = env.dir.path().join("staging").join("new.yaml");
         std::fs::write(&staging, call_spec(&format!("New {i}"))).unwrap();
+        let log_at = if trace { d.log_text().len() } else { 0 };
         let before = Timestamp::now();
         std::fs::rename(&staging, env.calls.join(format!("new-{i:02}.yaml"))).unwrap();
         let create = wait_until_long("the create", Duration::from_secs(600), || {
             let c = emu.creates();
             (c.len() > i).then(|| c[i].clone())
         });
-        lat.push(ms_between(before, received_at(&create)));
+        let ms = ms_between(before, received_at(&create));
+        if trace && ms > 100.0 {
+            // a slow one: what the daemon logged in between
+            println!("  slow drop → create ({ms:.1} ms, renamed at {before}):");
+            let log = d.log_text();
+            for line in log[log_at.min(log.len())..].lines().take(30) {
+                println!("    {}", &line[..line.len().min(220)]);
+            }
+        }
+        lat.push(ms);
         std::thread::sleep(Duration::from_millis(200));
     }
     summary(&format!("N = {n}: drop → create"), lat);
@@ -299,15 +320,32 @@ fn scale_100k() {
         (c1 - c0) as f64 / ticks / secs * 100.0
     );
     println!("RSS idle: {} MB", rss_kb(d.pid()) / 1024);
+    // CALLD_BENCH_IDLE_SECS=300: also the average over a longer window (a
+    // resync of 100,000 files is spaced by its cost: a 60 s window holds
+    // one or none)
+    if let Some(long) = std::env::var("CALLD_BENCH_IDLE_SECS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        let c0 = cpu_ticks(d.pid());
+        let t0 = Instant::now();
+        std::thread::sleep(Duration::from_secs(long));
+        let c1 = cpu_ticks(d.pid());
+        let secs = t0.elapsed().as_secs_f64();
+        println!(
+            "idle CPU over the next {secs:.0} s: {:.2} % of a core",
+            (c1 - c0) as f64 / ticks / secs * 100.0
+        );
+    }
     if trace {
         // what the daemon did while idle (the resync's scans)
         let log = d.log_text();
         for line in log
             .lines()
             .rev()
-            .take(400)
-            .filter(|l| l.contains("rescan"))
-            .take(3)
+            .take(2000)
+            .filter(|l| l.contains("rescan") && l.contains("changed=false"))
+            .take(6)
         {
             println!("  {line}");
         }

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::Timestamp;
 
+use super::dirty::OpenCache;
 use super::{Controller, with_ledger};
 use crate::identity::{self, Memory};
 use crate::ledger::Run;
@@ -35,9 +36,7 @@ impl Controller {
     pub(crate) async fn identity_step(
         &mut self,
         now: Timestamp,
-        runs: &[Run],
-        latest: &BTreeMap<String, Run>,
-        last_slots: &BTreeMap<String, Timestamp>,
+        open: &OpenCache,
     ) -> anyhow::Result<IdentityView> {
         // Only a new snapshot (or the end of a mass hold) changes the step.
         if let Some((generation, held, wake_at)) = &self.identity_cache
@@ -58,18 +57,6 @@ impl Controller {
             }));
         }
         let tracked = self.identity.take().unwrap_or_default();
-        let input = identity::Input {
-            now,
-            specs: &self.specs.specs,
-            invalid_names: &self.specs.invalid_names,
-            invalid_files: &self.specs.invalid_files,
-            dir_known: self.dir_known,
-            unreadable: &self.unreadable,
-            runs,
-            latest,
-            last_slots,
-            prune_after: self.rt.config.daemon.prune_after,
-        };
         // Only the names that changed since the last step, when nothing
         // else did (identity::step_since); else every name.
         let touched = std::mem::take(&mut self.ident_touched);
@@ -79,6 +66,27 @@ impl Controller {
                 && last.invalid_files == self.specs.invalid_files
                 && last.unreadable == self.unreadable
         });
+        // a scoped step needs the open runs of the names it looks at only
+        let scoped_runs: Option<Vec<Run>> = scoped.map(|last| {
+            open.runs_of(
+                touched
+                    .iter()
+                    .chain(&last.held)
+                    .chain(tracked.memory().vanished.keys()),
+            )
+        });
+        let input = identity::Input {
+            now,
+            specs: &self.specs.specs,
+            invalid_names: &self.specs.invalid_names,
+            invalid_files: &self.specs.invalid_files,
+            dir_known: self.dir_known,
+            unreadable: &self.unreadable,
+            runs: scoped_runs.as_deref().unwrap_or(&open.state.runs),
+            latest: &open.state.latest,
+            last_slots: &open.state.last_slots,
+            prune_after: self.rt.config.daemon.prune_after,
+        };
         let step_started = std::time::Instant::now();
         let (step, scoped) = match scoped {
             Some(last) => {
@@ -207,20 +215,22 @@ fn held_reasons(
     set: &crate::spec::SpecSet,
     dir_known: bool,
 ) -> BTreeMap<String, String> {
+    // the first error of each spec and of each file (one pass: thousands
+    // of held names must not each walk thousands of findings)
+    let mut by_spec: BTreeMap<&str, &crate::spec::Diagnostic> = BTreeMap::new();
+    let mut by_file: BTreeMap<&str, &crate::spec::Diagnostic> = BTreeMap::new();
+    for d in set.diagnostics.iter().filter(|d| d.is_error()) {
+        if let Some(spec) = d.spec.as_deref() {
+            by_spec.entry(spec).or_insert(d);
+        }
+        by_file.entry(d.file.as_str()).or_insert(d);
+    }
     held.iter()
         .map(|name| {
             let file = memory.known.get(name).map(|k| k.file.as_str());
-            let error = set
-                .diagnostics
-                .iter()
-                .filter(|d| d.is_error())
-                .find(|d| d.spec.as_deref() == Some(name.as_str()))
-                .or_else(|| {
-                    set.diagnostics
-                        .iter()
-                        .filter(|d| d.is_error())
-                        .find(|d| Some(d.file.as_str()) == file)
-                });
+            let error = by_spec
+                .get(name.as_str())
+                .or_else(|| file.and_then(|f| by_file.get(f)));
             let reason = if !dir_known {
                 "the calls directory has not been read yet".to_string()
             } else if let Some(since) = memory.vanished.get(name) {

@@ -364,14 +364,7 @@ impl Controller {
         self.note_superseded(superseded);
         // Renames, held names, upgrades: before the decision (docs/runs.md).
         let cache = std::mem::take(&mut self.cache);
-        let ident = self
-            .identity_step(
-                now,
-                &cache.state.runs,
-                &cache.state.latest,
-                &cache.state.last_slots,
-            )
-            .await;
+        let ident = self.identity_step(now, &cache).await;
         self.cache = cache;
         let mut ident = ident?;
         // another replica's newer copy: neither placed nor canceled here
@@ -481,9 +474,7 @@ impl Controller {
             all.extend(inserted.into_values());
             self.note_waiting(&all, &problem.describe(), now).await;
         }
-        let runs = std::mem::take(&mut self.cache.state.runs);
-        self.update_status(&runs);
-        self.cache.state.runs = runs;
+        self.update_status();
         tracing::debug!(
             specs = match &scope {
                 Scope::Full => self.specs.specs.len(),
@@ -904,23 +895,10 @@ impl Controller {
     }
 
     /// The one-line summary for logs and systemd's STATUS=.
-    fn update_status(&mut self, runs: &[Run]) {
-        let up = runs
-            .iter()
-            .filter(|r| {
-                matches!(
-                    r.state,
-                    ledger::RunState::Placed
-                        | ledger::RunState::Establishing
-                        | ledger::RunState::Established
-                )
-            })
-            .count();
-        let next = runs
-            .iter()
-            .filter(|r| r.state == ledger::RunState::Scheduled)
-            .min_by_key(|r| r.due_at)
-            .map(|r| format!(", next run {} {}", r.due_at, r.spec))
+    fn update_status(&mut self) {
+        let (up, next) = self.cache.summary();
+        let next = next
+            .map(|(due, spec)| format!(", next run {due} {spec}"))
             .unwrap_or_default();
         let invalid = self.specs.invalid_files.len();
         let status = format!(

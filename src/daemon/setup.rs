@@ -410,6 +410,10 @@ async fn run_async(
         while let Ok(ev) = events_rx.try_recv() {
             controller.on_event(ev).await;
         }
+        // Ready as soon as the specs are loaded, the ledger is open and a
+        // token is at hand, not only after the first decision (at 100,000
+        // specs it plans every run: seconds).
+        update_readiness(&controller, &keeper, sandbox, &admin_state, &mut ready);
         let wake = match controller.decide().await {
             Ok(w) => w,
             // a shared ledger that does not answer: not ready, nothing
@@ -440,28 +444,7 @@ async fn run_async(
             }
             refresh_counts = now;
         }
-        {
-            // /readyz: loaded, ledger open, and a token at hand (or sandbox);
-            // else why nothing is placed. Read, never awaited.
-            let health = keeper.health();
-            // ... and the calls directory read once (docs/runs.md: unknown is
-            // not empty).
-            let ledger_problem = controller.ledger_problem();
-            let now_ready =
-                controller.dir_known && (sandbox || health.ok) && ledger_problem.is_none();
-            let reason = if !controller.dir_known {
-                Some(DIR_NOT_READ.to_string())
-            } else if ledger_problem.is_some() {
-                ledger_problem
-            } else {
-                health.problem.as_ref().map(|p| p.describe())
-            };
-            if now_ready != ready || admin_state.not_ready_reason() != reason {
-                ready = now_ready;
-                admin_state.set_ready(ready);
-                admin_state.set_not_ready_reason(if ready { None } else { reason });
-            }
-        }
+        update_readiness(&controller, &keeper, sandbox, &admin_state, &mut ready);
         if once.is_some()
             && let Some(runs) = controller.once_done().await?
         {
@@ -751,6 +734,34 @@ async fn start_admin(
             tracing::error!(addr = %listen, "cannot listen on admin.listen, the admin endpoint is off: {e}");
             None
         }
+    }
+}
+
+/// `/readyz`: loaded, ledger open, and a token at hand (or sandbox); else
+/// why nothing is placed. Read, never awaited.
+fn update_readiness(
+    controller: &Controller,
+    keeper: &crate::graph::keeper::TokenKeeper,
+    sandbox: bool,
+    admin_state: &crate::admin::AdminState,
+    ready: &mut bool,
+) {
+    let health = keeper.health();
+    // ... and the calls directory read once (docs/runs.md: unknown is not
+    // empty).
+    let ledger_problem = controller.ledger_problem();
+    let now_ready = controller.dir_known && (sandbox || health.ok) && ledger_problem.is_none();
+    let reason = if !controller.dir_known {
+        Some(DIR_NOT_READ.to_string())
+    } else if ledger_problem.is_some() {
+        ledger_problem
+    } else {
+        health.problem.as_ref().map(|p| p.describe())
+    };
+    if now_ready != *ready || admin_state.not_ready_reason() != reason {
+        *ready = now_ready;
+        admin_state.set_ready(now_ready);
+        admin_state.set_not_ready_reason(if now_ready { None } else { reason });
     }
 }
 

@@ -1499,3 +1499,37 @@ mod properties {
         Ok(())
     }
 }
+
+/// The daemon's writer leaves checkpoints to its own thread: what a batch
+/// wrote reaches the database file with no further commit of the writer's.
+#[test]
+fn the_writer_checkpoints_the_wal_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    let mut l = SqliteLedger::open(&path, t(0)).unwrap();
+    // the writer's commits never checkpoint: growth of the database file
+    // below is the checkpointer's
+    assert_eq!(l.wal_autocheckpoint(), 0);
+    let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let before = size(&path);
+    // past the 4 MB at which the checkpointer copies the WAL
+    let writes: Vec<Write> = (0..20_000)
+        .map(|i| Write::Insert(new_at(&format!("spec-{i:05}"), i)))
+        .collect();
+    l.write_batch(&writes, t(1)).unwrap();
+    // the commit wrote the WAL only (no automatic checkpoint in the writer)
+    let wal = path.with_extension("db-wal");
+    assert!(size(&wal) > 4_096_000, "the batch is in the WAL");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while size(&path) < before + 4_000_000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the WAL was not checkpointed within 10 s ({} → {} bytes)",
+            before,
+            size(&path)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // and what was written is all there
+    assert_eq!(l.open_runs().unwrap().len(), 20_000);
+}

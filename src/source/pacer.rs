@@ -5,11 +5,18 @@
 //!   never more than `max_delay` after the first event (a directory that is
 //!   written to all the time is still rescanned).
 //! - A requested rescan (SIGHUP, tests) runs at once.
-//! - A resync runs `resync` after the last scan, events or not.
+//! - A resync runs `resync` after the last full scan, events or not, or
+//!   later where a full scan is costly: the safety net takes at most
+//!   1/[`RESYNC_COST_RATIO`] of a core (a resync of 100,000 files that takes
+//!   263 ms runs every 105 s, not every 60 s).
 //! - A follow-up runs at a set time (the calls directory is missing: retry;
 //!   files too recent to trust their stat key: look again once they are not).
 
 use std::time::{Duration, Instant};
+
+/// The resync waits at least this many times as long as the last full scan
+/// took: an idle daemon spends at most 0.25 % of a core on it.
+pub const RESYNC_COST_RATIO: u32 = 400;
 
 /// The timing state of one source.
 #[derive(Debug, Clone)]
@@ -108,6 +115,13 @@ impl Pacer {
     pub fn resynced(&mut self, now: Instant) {
         self.next_resync = now + self.resync;
     }
+
+    /// The full scan started at `started` took `cost`: the next resync is
+    /// no sooner than [`RESYNC_COST_RATIO`] times that after its start.
+    pub fn resync_cost(&mut self, started: Instant, cost: Duration) {
+        let spaced = started + cost.saturating_mul(RESYNC_COST_RATIO);
+        self.next_resync = self.next_resync.max(spaced);
+    }
 }
 
 #[cfg(test)]
@@ -118,6 +132,27 @@ mod tests {
 
     fn pacer(t0: Instant) -> Pacer {
         Pacer::new(50 * MS, 1000 * MS, 60_000 * MS, t0)
+    }
+
+    #[test]
+    fn a_costly_resync_is_spaced_out_by_its_cost() {
+        let t0 = Instant::now();
+        let mut p = pacer(t0);
+        p.resynced(t0);
+        // cheap: the interval stands
+        p.resync_cost(t0, 10 * MS);
+        assert_eq!(p.next_due(t0), t0 + 60_000 * MS);
+        // 263 ms (100,000 files): 400 times that
+        p.resync_cost(t0, 263 * MS);
+        assert_eq!(p.next_due(t0), t0 + 105_200 * MS);
+        assert!(!p.resync_due(t0 + 105_199 * MS));
+        // the next cheap scan brings the interval back
+        p.resynced(t0 + 105_200 * MS);
+        p.resync_cost(t0 + 105_200 * MS, MS);
+        assert_eq!(p.next_due(t0), t0 + 165_200 * MS);
+        // events are still scanned at once
+        p.event(t0 + 110_000 * MS);
+        assert_eq!(p.next_due(t0), t0 + 110_050 * MS);
     }
 
     #[test]

@@ -488,6 +488,11 @@ impl Source {
             self.scanner
                 .scan_paths(self.targets.iter().map(PathBuf::as_path))
         };
+        if full && snapshot.stats.files_read == 0 {
+            // what the safety net costs when nothing changed sets its pace
+            // (not a first load or a scan that read files again)
+            self.pacer.resync_cost(started, started.elapsed());
+        }
         self.targets.clear();
         self.full_next = false;
         if snapshot.stats.folders_listed > 0 {

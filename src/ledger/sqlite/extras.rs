@@ -10,7 +10,7 @@ use jiff::Timestamp;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    SqliteLedger, begin_attempt_in, finish_attempt_in, load_required, mark_placed_in,
+    SqliteLedger, begin_attempt_in, exec, finish_attempt_in, load_required, mark_placed_in,
     mark_requesting_in, refused, reload, us,
 };
 use crate::ledger::rules::{self, Refusal, view};
@@ -72,7 +72,8 @@ fn add(t: Timestamp, d: Duration) -> Timestamp {
 }
 
 fn ensure_extras(tx: &Connection, seq: i64) -> Result<()> {
-    tx.execute(
+    exec(
+        tx,
         "INSERT INTO run_extras (run_seq) VALUES (?1) ON CONFLICT (run_seq) DO NOTHING",
         params![seq],
     )?;
@@ -128,7 +129,8 @@ impl SqliteLedger {
     pub fn note_waiting(&mut self, id: &str, why: &str, now: Timestamp) -> Result<bool> {
         let reason = format!("{WAITING_PREFIX}{why}");
         self.write(|tx| {
-            let n = tx.execute(
+            let n = exec(
+                tx,
                 "UPDATE runs SET reason = ?2, updated_at = ?3 WHERE id = ?1 \
                  AND state = 'scheduled' AND (reason IS NULL OR reason LIKE 'waiting: %') \
                  AND reason IS NOT ?2",
@@ -259,7 +261,8 @@ pub(super) fn record_create_in(
         CreateEnd::Placed { call_id } => {
             let run = mark_placed_in(tx, id, call_id, now)?;
             let (seq, _) = load_required(tx, id)?;
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE run_extras SET transient_failures = 0, not_before = NULL \
                  WHERE run_seq = ?1",
                 params![seq],
@@ -293,7 +296,8 @@ pub(super) fn record_create_in(
             )?;
             let wait = retry_after.unwrap_or_else(|| requeue_backoff(failures));
             let not_before = add(now, wait);
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE run_extras SET not_before = ?2 WHERE run_seq = ?1",
                 params![seq, us(not_before)],
             )?;
@@ -303,7 +307,8 @@ pub(super) fn record_create_in(
             );
             // A request Graph did not process is not a try: the
             // spec's `retry` attempts are not spent on it.
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE runs SET state = 'scheduled', tries = MAX(tries - 1, 0), \
                  reason = ?2, call_id = NULL, updated_at = ?3 WHERE seq = ?1",
                 params![seq, reason, us(now)],
@@ -327,7 +332,8 @@ pub(super) fn mark_requesting_with_in(
     let number = mark_requesting_in(tx, id, None, now)?;
     let (seq, _) = load_required(tx, id)?;
     ensure_extras(tx, seq)?;
-    tx.execute(
+    exec(
+        tx,
         "UPDATE run_extras SET hangup_after_ms = ?2, last_keep_alive = NULL, \
          hangup_requested_at = NULL WHERE run_seq = ?1",
         params![
@@ -359,7 +365,8 @@ pub(super) fn record_call_op_in(
         )?;
         rules::check_call_op_unchanged(ts(stored), expected).map_err(|r| refused(&run, r))?;
     }
-    tx.execute(
+    exec(
+        tx,
         &format!("UPDATE run_extras SET {column} = ?2 WHERE run_seq = ?1"),
         params![seq, us(at)],
     )?;

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use jiff::Timestamp;
 use rusqlite::{OptionalExtension, params};
 
-use super::{Result, SqliteLedger, get_ts, us};
+use super::{Result, SqliteLedger, exec, get_ts, us};
 use crate::identity::Known;
 
 const TABLES: &str = r#"
@@ -78,11 +78,11 @@ impl SqliteLedger {
             if taken > 0 {
                 return Ok(None);
             }
-            let moved = tx.execute(
+            let moved = exec(tx,
                 "UPDATE runs SET spec = ?2 WHERE spec = ?1",
                 params![from, to],
             )?;
-            tx.execute(
+            exec(tx,
                 "INSERT INTO spec_renames (from_name, to_name, revision, runs, at) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![from, to, revision, moved as i64, us(now)],
             )?;
@@ -95,7 +95,8 @@ impl SqliteLedger {
     /// Returns whether a run was re-keyed.
     pub fn adopt_revision(&mut self, spec: &str, from: &str, to: &str) -> Result<bool> {
         self.write(|tx| {
-            let n = tx.execute(
+            let n = exec(
+                tx,
                 "UPDATE runs SET slot = 'rev:' || ?3, revision = ?3 \
                  WHERE spec = ?1 AND slot = 'rev:' || ?2 \
                  AND NOT EXISTS (SELECT 1 FROM runs WHERE spec = ?1 AND slot = 'rev:' || ?3)",
@@ -172,11 +173,11 @@ impl SqliteLedger {
         self.identity_tables()?;
         self.write(|tx| {
             for name in before.keys().filter(|n| !after.contains_key(*n)) {
-                tx.execute("DELETE FROM spec_known WHERE name = ?1", params![name])?;
+                exec(tx, "DELETE FROM spec_known WHERE name = ?1", params![name])?;
             }
             for (name, k) in after {
                 if before.get(name) != Some(k) {
-                    tx.execute(
+                    exec(tx,
                         "INSERT OR REPLACE INTO spec_known (name, revision, file) VALUES (?1, ?2, ?3)",
                         params![name, k.revision, k.file],
                     )?;
