@@ -67,13 +67,14 @@ impl Controller {
                 && last.unreadable == self.unreadable
         });
         // a scoped step needs the open runs of the names it looks at only
+        // (each name once: a name both touched and held has its runs once)
         let scoped_runs: Option<Vec<Run>> = scoped.map(|last| {
-            open.runs_of(
-                touched
-                    .iter()
-                    .chain(&last.held)
-                    .chain(tracked.memory().vanished.keys()),
-            )
+            let names: BTreeSet<&String> = touched
+                .iter()
+                .chain(&last.held)
+                .chain(tracked.memory().vanished.keys())
+                .collect();
+            open.runs_of(names)
         });
         let input = identity::Input {
             now,
