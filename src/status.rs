@@ -1023,23 +1023,7 @@ mod tests {
 
     fn run(spec: &str, state: RunState, due: &str) -> Run {
         let t: Timestamp = due.parse().unwrap();
-        Run {
-            id: format!("id-{spec}-{due}"),
-            spec: spec.into(),
-            slot: crate::ledger::Slot::At(t),
-            revision: "r1".into(),
-            scheduled_at: t,
-            due_at: t,
-            state,
-            outcome: None,
-            reason: None,
-            call_id: None,
-            tenant_id: None,
-            result_info: None,
-            established_at: None,
-            created_at: t,
-            updated_at: t,
-        }
+        Run::sample(format!("id-{spec}-{due}"), spec.into(), state, t)
     }
 
     fn report() -> Json {

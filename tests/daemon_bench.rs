@@ -200,17 +200,6 @@ fn scale_100k() {
         started.elapsed(),
         rss_kb(d.pid()) / 1024
     );
-    if trace {
-        // what start-up spent its time on
-        let log = d.log_text();
-        for line in log.lines().filter(|l| {
-            ["calls directory loaded", "identity step", "full=true"]
-                .iter()
-                .any(|w| l.contains(w))
-        }) {
-            println!("  {line}");
-        }
-    }
     let ledger_path = env.state.join(calld::ledger::LEDGER_FILE);
     let planned = wait_until_long("every run planned", Duration::from_secs(3600), || {
         let l = calld::ledger::SqliteLedger::open_read_only(&ledger_path).ok()?;
@@ -223,6 +212,17 @@ fn scale_100k() {
         started.elapsed(),
         rss_kb(d.pid()) / 1024
     );
+    if trace {
+        // what start-up spent its time on (the first plan runs after /readyz)
+        let log = d.log_text();
+        for line in log.lines().filter(|l| {
+            ["calls directory loaded", "identity step", "full=true"]
+                .iter()
+                .any(|w| l.contains(w))
+        }) {
+            println!("  {line}");
+        }
+    }
 
     // One changed file: a new subject (a new revision of a cron spec keeps
     // its slot) is visible as the run's revision... measure the simplest

@@ -119,7 +119,7 @@ impl OpenCache {
         r
     }
 
-    pub(crate) fn replace_all(&mut self, state: OpenState) {
+    fn replace_all(&mut self, state: OpenState) {
         self.state = state;
         self.pos.clear();
         self.by_spec.clear();
@@ -311,28 +311,11 @@ impl Controller {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::Slot;
     use std::collections::BTreeMap;
 
     fn run(id: usize, spec: usize, state: RunState, due: i64) -> Run {
         let t = Timestamp::from_second(1_800_000_000 + due).unwrap();
-        Run {
-            id: format!("r{id}"),
-            spec: format!("s{spec}"),
-            slot: Slot::At(t),
-            revision: "rev".into(),
-            scheduled_at: t,
-            due_at: t,
-            state,
-            outcome: None,
-            reason: None,
-            call_id: None,
-            tenant_id: None,
-            result_info: None,
-            established_at: None,
-            created_at: t,
-            updated_at: t,
-        }
+        Run::sample(format!("r{id}"), format!("s{spec}"), state, t)
     }
 
     /// Random replacements of specs' runs keep the indexes true, and the

@@ -392,6 +392,29 @@ impl Run {
             slot: self.slot.clone(),
         }
     }
+
+    /// A run of the slot `at` (due then, nothing recorded yet), for unit
+    /// tests that need runs without a ledger.
+    #[cfg(test)]
+    pub(crate) fn sample(id: String, spec: String, state: RunState, at: Timestamp) -> Run {
+        Run {
+            id,
+            spec,
+            slot: Slot::At(at),
+            revision: "r1".into(),
+            scheduled_at: at,
+            due_at: at,
+            state,
+            outcome: None,
+            reason: None,
+            call_id: None,
+            tenant_id: None,
+            result_info: None,
+            established_at: None,
+            created_at: at,
+            updated_at: at,
+        }
+    }
 }
 
 /// One create request of a run, as stored.

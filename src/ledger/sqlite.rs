@@ -168,7 +168,8 @@ pub struct SqliteLedger {
 /// [`CHECKPOINT_EVERY`] and checkpoints (`PASSIVE`: neither waits for nor
 /// blocks the writer) once the WAL holds [`CHECKPOINT_AT`] bytes, SQLite's
 /// own automatic threshold; `journal_size_limit` makes the WAL file shrink
-/// back when it restarts, so its size tells what it holds.
+/// back to 1 MB when it restarts, so its size tells (to within that) what
+/// it holds.
 struct Checkpointer {
     stop: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
