@@ -62,7 +62,7 @@ pub fn run(config: Option<&Path>, paths: &[PathBuf]) -> u8 {
     let specs: Vec<(String, Vec<&'static str>)> = set
         .specs
         .values()
-        .map(|s| (s.name.clone(), s.permissions.clone()))
+        .map(|s| (s.name.clone(), s.permissions.to_vec()))
         .collect();
     let mut out = std::io::stdout().lock();
     if cfg.graph.effective_mode() == GraphMode::Sandbox {

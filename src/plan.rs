@@ -109,7 +109,7 @@ pub fn plan_spec(
         schedule,
         timezone,
         runs,
-        permissions: spec.permissions.clone(),
+        permissions: spec.permissions.to_vec(),
         revision: spec.revision[..12.min(spec.revision.len())].to_string(),
         warnings,
     }

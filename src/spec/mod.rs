@@ -7,6 +7,7 @@
 //! does it for whole files and directories.
 
 pub mod bodycheck;
+pub mod compact;
 pub mod diag;
 pub mod files;
 pub mod incremental;

@@ -1,9 +1,10 @@
 //! The validated spec model: built only by [`super::validate`], it cannot
 //! hold an invalid value. Everything after the spec module works on it.
 
-use serde_json::{Map, Value as Json};
+use serde_json::Value as Json;
 use std::time::Duration;
 
+use super::compact::JsonObject;
 use crate::schedule::Schedule;
 
 /// One validated call spec.
@@ -24,12 +25,12 @@ pub struct Spec {
     pub retry: Retry,
     pub hangup_after: Option<Duration>,
     /// The `graph:` JSON merge patch, applied last when rendering.
-    pub graph_patch: Option<Map<String, Json>>,
+    pub graph_patch: Option<JsonObject>,
     /// Hex SHA-256 of everything that changes the call or its timing:
     /// a comment, description or suspend edit keeps the revision.
     pub revision: String,
     /// Application permissions the call needs (Graph's role names).
-    pub permissions: Vec<&'static str>,
+    pub permissions: &'static [&'static str],
 }
 
 /// What Graph is asked to do, in calld's terms.
@@ -46,7 +47,7 @@ pub struct Call {
     pub modalities: Vec<Modality>,
     pub media: Media,
     /// chatInfo as written (explicit nulls kept), or from a joinUrl.
-    pub chat: Option<Map<String, Json>>,
+    pub chat: Option<JsonObject>,
 }
 
 /// participantInfo of the caller.
@@ -54,9 +55,9 @@ pub struct Call {
 pub struct Participant {
     /// An identitySet: kind (`application`, `user`, `guest`, ...) → identity
     /// object, every key passed through.
-    pub identity: Map<String, Json>,
+    pub identity: JsonObject,
     /// Other participantInfo keys (`languageId`, `region`, ...), as written.
-    pub extra: Map<String, Json>,
+    pub extra: JsonObject,
 }
 
 /// Whom to call.
@@ -73,7 +74,7 @@ pub enum CallKind {
 pub struct Target {
     pub kind: IdentityKind,
     /// The identity object (`id`, `displayName`, any other keys).
-    pub identity: Map<String, Json>,
+    pub identity: JsonObject,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,7 +110,7 @@ impl IdentityKind {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Meeting {
     /// organizerMeetingInfo (with the spec's or the joinUrl's chatInfo).
-    Organizer { organizer: Map<String, Json> },
+    Organizer { organizer: JsonObject },
     /// joinMeetingIdMeetingInfo.
     JoinMeetingId {
         id: String,
@@ -193,28 +194,35 @@ impl Call {
         let Some(source) = &self.source else {
             return false;
         };
-        matches!(self.kind, CallKind::Meeting(_))
-            && (source.identity.contains_key("guest")
-                || source
-                    .identity
-                    .get("user")
-                    .and_then(|u| u.get("identityProvider"))
-                    .and_then(Json::as_str)
-                    .is_some_and(|p| p.eq_ignore_ascii_case("none")))
+        if !matches!(self.kind, CallKind::Meeting(_)) {
+            return false;
+        }
+        let identity = source.identity.to_map();
+        identity.contains_key("guest")
+            || identity
+                .get("user")
+                .and_then(|u| u.get("identityProvider"))
+                .and_then(Json::as_str)
+                .is_some_and(|p| p.eq_ignore_ascii_case("none"))
     }
 
-    /// The application permissions this call needs.
-    pub fn permissions(&self) -> Vec<&'static str> {
-        let mut out = match &self.kind {
-            CallKind::Targets(t) if t.len() > 1 => vec![roles::INITIATE_GROUP_CALL],
-            CallKind::Targets(_) => vec![roles::INITIATE],
-            CallKind::Meeting(_) if self.joins_as_guest() => vec![roles::JOIN_GROUP_CALL_AS_GUEST],
-            CallKind::Meeting(_) => vec![roles::JOIN_GROUP_CALL],
-        };
-        if matches!(self.media, Media::AppHosted { .. }) {
-            out.push(roles::ACCESS_MEDIA);
+    /// The application permissions this call needs (a static list: a
+    /// spec holds no copy of it).
+    pub fn permissions(&self) -> &'static [&'static str] {
+        use roles::*;
+        let app_hosted = matches!(self.media, Media::AppHosted { .. });
+        match (&self.kind, app_hosted) {
+            (CallKind::Targets(t), false) if t.len() > 1 => &[INITIATE_GROUP_CALL],
+            (CallKind::Targets(t), true) if t.len() > 1 => &[INITIATE_GROUP_CALL, ACCESS_MEDIA],
+            (CallKind::Targets(_), false) => &[INITIATE],
+            (CallKind::Targets(_), true) => &[INITIATE, ACCESS_MEDIA],
+            (CallKind::Meeting(_), false) if self.joins_as_guest() => &[JOIN_GROUP_CALL_AS_GUEST],
+            (CallKind::Meeting(_), true) if self.joins_as_guest() => {
+                &[JOIN_GROUP_CALL_AS_GUEST, ACCESS_MEDIA]
+            }
+            (CallKind::Meeting(_), false) => &[JOIN_GROUP_CALL],
+            (CallKind::Meeting(_), true) => &[JOIN_GROUP_CALL, ACCESS_MEDIA],
         }
-        out
     }
 }
 

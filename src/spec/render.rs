@@ -53,14 +53,14 @@ pub fn body(spec: &Spec) -> Json {
     }
     if let Some(src) = &call.source {
         let mut source = Map::new();
-        source.insert("identity".into(), Json::Object(src.identity.clone()));
-        source.extend(src.extra.clone());
+        source.insert("identity".into(), src.identity.to_value());
+        source.extend(src.extra.to_map());
         b.insert("source".into(), Json::Object(source));
     }
     if let CallKind::Targets(targets) = &call.kind {
         let list: Vec<Json> = targets
             .iter()
-            .map(|t| json!({ "identity": { t.kind.key(): Json::Object(t.identity.clone()) } }))
+            .map(|t| json!({ "identity": { t.kind.key(): t.identity.to_value() } }))
             .collect();
         b.insert("targets".into(), Json::Array(list));
     }
@@ -70,14 +70,14 @@ pub fn body(spec: &Spec) -> Json {
     );
     b.insert("mediaConfig".into(), media_config(&call.media));
     if let Some(chat) = &call.chat {
-        b.insert("chatInfo".into(), Json::Object(chat.clone()));
+        b.insert("chatInfo".into(), chat.to_value());
     }
     if let CallKind::Meeting(m) = &call.kind {
         b.insert("meetingInfo".into(), meeting_info(m));
     }
     let mut body = Json::Object(b);
     if let Some(patch) = &spec.graph_patch {
-        merge_patch(&mut body, &Json::Object(patch.clone()));
+        merge_patch(&mut body, &patch.to_value());
     }
     body
 }
@@ -107,7 +107,7 @@ fn meeting_info(meeting: &Meeting) -> Json {
     match meeting {
         Meeting::Organizer { organizer } => json!({
             "@odata.type": "#microsoft.graph.organizerMeetingInfo",
-            "organizer": Json::Object(organizer.clone()),
+            "organizer": organizer.to_value(),
         }),
         Meeting::JoinMeetingId { id, passcode } => {
             let mut m = Map::new();

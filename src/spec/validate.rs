@@ -8,6 +8,7 @@ use jiff::Timestamp;
 use serde_json::{Map, Value as Json};
 use std::time::Duration;
 
+use super::compact::JsonObject;
 use super::diag::{Diagnostic, Severity};
 use super::model::*;
 use super::yaml::{Key, Node, Pos, Value};
@@ -652,11 +653,11 @@ pub(crate) fn validate_document(
                 if let Some(guest) = joined.as_guest {
                     let identity = Map::from_iter([("guest".to_string(), Json::Object(guest))]);
                     match source.as_mut() {
-                        Some(Some(src)) => src.identity = identity,
+                        Some(Some(src)) => src.identity = identity.into(),
                         Some(None) => {
                             source = Some(Some(Participant {
-                                identity,
-                                extra: Map::new(),
+                                identity: identity.into(),
+                                extra: JsonObject::empty(),
                             }))
                         }
                         None => {}
@@ -739,7 +740,7 @@ pub(crate) fn validate_document(
         kind: kind?,
         modalities: modalities?,
         media: media?,
-        chat,
+        chat: chat.map(JsonObject::from),
     };
     let mut spec = Spec {
         name: name?,
@@ -752,7 +753,7 @@ pub(crate) fn validate_document(
         schedule: schedule?,
         retry: retry?,
         hangup_after: hangup_after?,
-        graph_patch: graph_patch?,
+        graph_patch: graph_patch?.map(JsonObject::from),
         revision: String::new(),
     };
     if let (Some(_), Some(node)) = (&spec.graph_patch, f.get("graph")) {
@@ -993,8 +994,8 @@ fn source(ck: &mut Checker, node: &Node, path: &str) -> Option<Participant> {
         extra.insert(key.to_string(), Json::String(s));
     }
     Some(Participant {
-        identity: identity?,
-        extra,
+        identity: identity?.into(),
+        extra: extra.into(),
     })
 }
 
@@ -1078,7 +1079,10 @@ fn targets(ck: &mut Checker, node: &Node, path: &str) -> Option<Vec<Target>> {
                     );
                 }
                 ok &= !ck.diags[before..].iter().any(Diagnostic::is_error);
-                out.push(Target { kind, identity });
+                out.push(Target {
+                    kind,
+                    identity: identity.into(),
+                });
             }
             None => ok = false,
         }
@@ -1309,7 +1313,9 @@ fn meeting(ck: &mut Checker, node: &Node, path: &str, spec_has_chat: bool) -> Op
     if let Some(n) = f.get("organizer") {
         let organizer = ck.identity_set(n, &join(path, "organizer"))?;
         return Some(Joined {
-            meeting: Meeting::Organizer { organizer },
+            meeting: Meeting::Organizer {
+                organizer: organizer.into(),
+            },
             chat: None,
             tenant_id: None,
             as_guest,
@@ -1357,7 +1363,9 @@ fn meeting(ck: &mut Checker, node: &Node, path: &str, spec_has_chat: bool) -> Op
             }
             let organizer = Map::from_iter([("user".to_string(), Json::Object(user))]);
             Some(Joined {
-                meeting: Meeting::Organizer { organizer },
+                meeting: Meeting::Organizer {
+                    organizer: organizer.into(),
+                },
                 chat: Some(chat),
                 tenant_id,
                 as_guest,

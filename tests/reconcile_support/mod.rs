@@ -62,12 +62,12 @@ pub fn spec(name: &str, schedule: Option<Schedule>) -> Spec {
             tenant_id: None,
             callback_uri: "https://bot.example.com/api/calls".to_string(),
             source: Some(Participant {
-                identity: Map::new(),
-                extra: Map::new(),
+                identity: Map::new().into(),
+                extra: Map::new().into(),
             }),
             kind: CallKind::Targets(vec![Target {
                 kind: IdentityKind::User,
-                identity: Map::new(),
+                identity: Map::new().into(),
             }]),
             modalities: vec![Modality::Audio],
             media: Media::ServiceHosted {
@@ -80,7 +80,7 @@ pub fn spec(name: &str, schedule: Option<Schedule>) -> Spec {
         hangup_after: None,
         graph_patch: None,
         revision: format!("rev-{name}-1"),
-        permissions: vec![roles::INITIATE],
+        permissions: &[roles::INITIATE],
     }
 }
 
