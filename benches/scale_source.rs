@@ -94,12 +94,24 @@ fn time<T>(f: impl FnOnce() -> T) -> (T, Duration) {
     (out, t.elapsed())
 }
 
+/// A full reload of a snapshot: a snapshot holds only the bytes its own
+/// scan read, so the others are read again (as the incremental set does
+/// for a file it validates again).
 fn full_load(snap: &calld::source::Snapshot, ctx: &Context) -> calld::spec::SpecSet {
+    let bytes: Vec<Result<std::sync::Arc<[u8]>, String>> = snap
+        .files
+        .values()
+        .map(|f| match &f.content {
+            Ok(Some(b)) => Ok(b.clone()),
+            Ok(None) => calld::source::scan::read_again(&f.path, &f.hash),
+            Err(e) => Err(e.clone()),
+        })
+        .collect();
     load_set(
-        snap.files.values().map(|f| Input {
+        snap.files.values().zip(&bytes).map(|(f, b)| Input {
             label: f.path.display().to_string(),
             rel: f.rel.clone(),
-            bytes: f.content.as_deref().map_err(Clone::clone),
+            bytes: b.as_deref().map_err(Clone::clone),
         }),
         ctx,
     )

@@ -289,7 +289,8 @@ proptest! {
                     rel: r,
                     label: label(r).into(),
                     hash: Sha256::digest(b).into(),
-                    bytes: Ok(b.as_slice()),
+                    bytes: Ok(Some(b.as_slice())),
+                    path: std::path::Path::new(r),
                 }),
                 &ctx,
             );
@@ -407,7 +408,8 @@ fn parallel_load_equals_sequential_load() {
             rel: r,
             label: label(r).into(),
             hash: Sha256::digest(b).into(),
-            bytes: Ok(b.as_slice()),
+            bytes: Ok(Some(b.as_slice())),
+            path: std::path::Path::new(r),
         }),
         &ctx,
     );

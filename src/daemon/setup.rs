@@ -369,6 +369,8 @@ async fn run_async(
         return Ok(2);
     }
     controller.load_snapshot(&first);
+    // its file bytes go with it (the spec set keeps none)
+    drop(first);
     let invalid_at_start = controller.invalid_report();
     admin_state.set_not_ready_reason(Some(if controller.dir_known {
         "starting".to_string()

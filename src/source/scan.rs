@@ -29,7 +29,11 @@ pub struct FileSnapshot {
     pub path: PathBuf,
     /// The bytes, or why they could not be had (unreadable, over
     /// [`MAX_SPEC_FILE_BYTES`]). An error is reported for this file only.
-    pub content: Result<Arc<[u8]>, String>,
+    /// `Ok(None)`: not kept. Only the snapshot of the scan that read a file
+    /// holds its bytes; the scanner's own memory and later snapshots keep
+    /// its hash alone (issue 12: no file bytes kept after parsing), and
+    /// [`read_again`] reads it again when it is needed.
+    pub content: Result<Option<Arc<[u8]>>, String>,
     /// sha256 of the bytes; for an error, of the error message (so a
     /// changed error is a change too).
     pub hash: [u8; 32],
@@ -39,7 +43,8 @@ impl std::fmt::Debug for FileSnapshot {
     // The bytes are not printed: a snapshot of 10,000 files must stay readable.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let content = match &self.content {
-            Ok(bytes) => format!("{} bytes", bytes.len()),
+            Ok(Some(bytes)) => format!("{} bytes", bytes.len()),
+            Ok(None) => "bytes not kept".to_string(),
             Err(e) => format!("error: {e}"),
         };
         f.debug_struct("FileSnapshot")
@@ -54,14 +59,7 @@ impl std::fmt::Debug for FileSnapshot {
 impl Snapshot {
     /// One file as the incremental spec set takes it.
     pub fn file_ref(&self, rel: &str) -> Option<crate::spec::incremental::FileRef<'_>> {
-        self.files
-            .get(rel)
-            .map(|f| crate::spec::incremental::FileRef {
-                rel: &f.rel,
-                label: f.path.to_string_lossy(),
-                hash: f.hash,
-                bytes: f.content.as_deref().map_err(String::as_str),
-            })
+        self.files.get(rel).map(FileSnapshot::to_file_ref)
     }
 
     /// Brings `set` to this snapshot: by the files that changed when `set`
@@ -85,21 +83,28 @@ impl Snapshot {
     /// The files as the incremental spec set takes them (no allocation for
     /// a file whose path is UTF-8).
     pub fn file_refs(&self) -> impl Iterator<Item = crate::spec::incremental::FileRef<'_>> {
-        self.files
-            .values()
-            .map(|f| crate::spec::incremental::FileRef {
-                rel: &f.rel,
-                label: f.path.to_string_lossy(),
-                hash: f.hash,
-                bytes: f.content.as_deref().map_err(String::as_str),
-            })
+        self.files.values().map(FileSnapshot::to_file_ref)
     }
 }
 
 impl FileSnapshot {
-    /// The bytes, if the file could be read.
+    /// The bytes, if the file could be read and this snapshot's scan read it.
     pub fn bytes(&self) -> Option<&[u8]> {
-        self.content.as_deref().ok()
+        self.content.as_ref().ok().and_then(|b| b.as_deref())
+    }
+
+    /// The file as the incremental spec set takes it.
+    fn to_file_ref(&self) -> crate::spec::incremental::FileRef<'_> {
+        crate::spec::incremental::FileRef {
+            rel: &self.rel,
+            label: self.path.to_string_lossy(),
+            hash: self.hash,
+            bytes: match &self.content {
+                Ok(b) => Ok(b.as_deref()),
+                Err(e) => Err(e.as_str()),
+            },
+            path: &self.path,
+        }
     }
 }
 
@@ -268,7 +273,11 @@ struct Cached {
     key: Option<StatKey>,
     /// Re-read next time even when the key is equal.
     racy: bool,
-    content: Result<Arc<[u8]>, String>,
+    /// Why the file could not be had, if it could not.
+    error: Option<String>,
+    /// The bytes this scan read, until its snapshot takes them: the cache
+    /// keeps none.
+    fresh: Option<Arc<[u8]>>,
     hash: [u8; 32],
     /// For a file that is a symlink: the canonical folder of its target.
     link_dir: Option<PathBuf>,
@@ -388,17 +397,23 @@ impl Scanner {
         }
         let mut files = FileMap::new();
         let mut seen = HashMap::with_capacity(listed.len());
+        let mut read = Vec::new();
         for file in listed {
             let old = self.cache.remove(&file.rel);
-            let Some(cached) = self.visit(&file, old, scan_start, hold_recent, &mut stats) else {
+            let Some(mut cached) = self.visit(&file, old, scan_start, hold_recent, &mut stats)
+            else {
                 continue;
             };
+            let content = cached.take_content();
+            if matches!(content, Ok(Some(_))) {
+                read.push(file.rel.clone());
+            }
             files.insert(
                 file.rel.clone(),
                 FileSnapshot {
                     rel: file.rel.clone(),
                     path: file.path,
-                    content: cached.content.clone(),
+                    content,
                     hash: cached.hash,
                 },
             );
@@ -421,7 +436,7 @@ impl Scanner {
                         .any(|(a, b)| a.rel != b.rel || a.hash != b.hash || a.path != b.path)
             }
         };
-        self.finish(files, problems, None, changed, stats, None)
+        self.finish(files, problems, None, changed, stats, None, &read)
     }
 
     /// The snapshot of a full scan where nothing changed since the last
@@ -485,7 +500,7 @@ impl Scanner {
         stats.elapsed = started.elapsed();
         let files = last.files.clone();
         let problems = last.problems.clone();
-        Some(self.finish(files, problems, None, false, stats.clone(), None))
+        Some(self.finish(files, problems, None, false, stats.clone(), None, &[]))
     }
 
     /// Looks at one listed file: its cached state when its stat key is
@@ -559,10 +574,15 @@ impl Scanner {
                     stats.bytes_read += bytes.len() as u64;
                 }
                 let hash = hash_content(&content);
+                let (fresh, error) = match content {
+                    Ok(bytes) => (Some(bytes), None),
+                    Err(e) => (None, Some(e)),
+                };
                 Cached {
                     key,
                     racy: key.is_some_and(|k| k.is_racy(scan_start)),
-                    content,
+                    error,
+                    fresh,
                     hash,
                     link_dir: link_dir(&file.path),
                 }
@@ -683,11 +703,11 @@ impl Scanner {
                 gone.remove(&file.rel);
                 let old = self.cache.remove(&file.rel);
                 match self.visit(&file, old, scan_start, None, &mut stats) {
-                    Some(cached) => {
+                    Some(mut cached) => {
                         let snap = FileSnapshot {
                             rel: file.rel.clone(),
                             path: file.path,
-                            content: cached.content.clone(),
+                            content: cached.take_content(),
                             hash: cached.hash,
                         };
                         let same = files
@@ -715,8 +735,21 @@ impl Scanner {
         }
         stats.files_listed = files.len();
         stats.elapsed = started.elapsed();
+        let read: Vec<String> = delta
+            .iter()
+            .filter(|r| files.get(*r).is_some_and(|f| f.bytes().is_some()))
+            .cloned()
+            .collect();
         let delta = Some((last.generation, delta));
-        self.finish(files, last.problems.clone(), None, changed, stats, delta)
+        self.finish(
+            files,
+            last.problems.clone(),
+            None,
+            changed,
+            stats,
+            delta,
+            &read,
+        )
     }
 
     fn publish_root_error(&mut self, message: String, stats: ScanStats) -> Arc<Snapshot> {
@@ -728,9 +761,13 @@ impl Scanner {
             ),
             None => (FileMap::new(), Vec::new(), true),
         };
-        self.finish(files, problems, Some(message), changed, stats, None)
+        self.finish(files, problems, Some(message), changed, stats, None, &[])
     }
 
+    /// Publishes a snapshot. The scanner remembers it without the bytes
+    /// of the files this scan read (`read`): those go to whoever takes the
+    /// snapshot, and are gone once it is dropped.
+    #[allow(clippy::too_many_arguments)]
     fn finish(
         &mut self,
         files: FileMap,
@@ -739,9 +776,16 @@ impl Scanner {
         changed: bool,
         stats: ScanStats,
         delta: Option<(u64, Vec<String>)>,
+        read: &[String],
     ) -> Arc<Snapshot> {
         let last_generation = self.last.as_ref().map_or(0, |s| s.generation);
-        let snapshot = Arc::new(Snapshot {
+        let mut kept = files.clone();
+        for rel in read {
+            if let Some(f) = kept.get_mut(rel) {
+                f.content = Ok(None);
+            }
+        }
+        let snapshot = Snapshot {
             generation: if changed {
                 last_generation + 1
             } else {
@@ -754,9 +798,17 @@ impl Scanner {
             changed,
             stats,
             delta,
+        };
+        let published = Arc::new(snapshot.clone());
+        self.last = Some(if read.is_empty() {
+            published.clone()
+        } else {
+            Arc::new(Snapshot {
+                files: kept,
+                ..snapshot
+            })
         });
-        self.last = Some(snapshot.clone());
-        snapshot
+        published
     }
 
     /// The canonical path of the calls directory at the last scan.
@@ -812,9 +864,37 @@ fn being_written() -> Cached {
         key: None,
         racy: false,
         hash: hash_content(&content),
-        content,
+        error: content.err(),
+        fresh: None,
         link_dir: None,
     }
+}
+
+impl Cached {
+    /// The file's content for the snapshot: the bytes this scan read
+    /// (taken: the cache keeps none), else none at hand, or the error.
+    fn take_content(&mut self) -> Result<Option<Arc<[u8]>>, String> {
+        match &self.error {
+            Some(e) => Err(e.clone()),
+            None => Ok(self.fresh.take()),
+        }
+    }
+}
+
+/// A file's bytes read again, for a snapshot that does not hold them
+/// ([`FileSnapshot::content`]); refused unless they still have `hash` (the
+/// file changed since its scan: the next scan reads it).
+pub fn read_again(path: &Path, hash: &[u8; 32]) -> Result<Arc<[u8]>, String> {
+    let len = std::fs::metadata(path)
+        .map_err(|e| format!("cannot stat: {e}"))?
+        .len();
+    let content = read_limited(path, len);
+    if hash_content(&content) != *hash {
+        return Err(
+            "changed since the calls directory was scanned: read again at the next scan".into(),
+        );
+    }
+    content
 }
 
 fn hash_content(content: &Result<Arc<[u8]>, String>) -> [u8; 32] {
@@ -884,6 +964,45 @@ mod tests {
             );
         }
         assert_eq!(folder.stat(&d.join("a/gone.yaml")), None);
+    }
+
+    #[test]
+    fn only_the_scan_that_read_a_file_hands_its_bytes_on() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        std::fs::write(d.join("a.yaml"), "v: 1\n").unwrap();
+        std::fs::write(d.join("b.yaml"), "v: 1\n").unwrap();
+        let mut sc = Scanner::new(d);
+        let first = sc.scan();
+        assert_eq!(first.files["a.yaml"].bytes(), Some(&b"v: 1\n"[..]));
+        assert_eq!(first.files["b.yaml"].bytes(), Some(&b"v: 1\n"[..]));
+        // the scanner itself remembers hashes, no bytes
+        let remembered = sc.last().unwrap();
+        assert!(remembered.files.values().all(|f| f.content == Ok(None)));
+        assert_eq!(remembered.files["a.yaml"].hash, first.files["a.yaml"].hash);
+        assert!(sc.cache.values().all(|c| c.fresh.is_none()));
+        drop(first);
+
+        // an edit: the scan of its path hands on that file's bytes only
+        std::fs::write(d.join("a.yaml"), "v: 22\n").unwrap();
+        let second = sc.scan_paths([d.join("a.yaml").as_path()]);
+        assert!(second.stats.targeted);
+        assert_eq!(second.files["a.yaml"].bytes(), Some(&b"v: 22\n"[..]));
+        assert_eq!(second.files["b.yaml"].content, Ok(None));
+        assert!(
+            sc.last()
+                .unwrap()
+                .files
+                .values()
+                .all(|f| f.content == Ok(None))
+        );
+
+        // bytes not kept are read again, only while they have the hash
+        let b = &second.files["b.yaml"];
+        assert_eq!(&*read_again(&b.path, &b.hash).unwrap(), b"v: 1\n");
+        std::fs::write(d.join("b.yaml"), "v: 333\n").unwrap();
+        let err = read_again(&b.path, &b.hash).unwrap_err();
+        assert!(err.contains("changed since"), "{err}");
     }
 
     #[test]

@@ -19,6 +19,12 @@ use super::scan::{RACY_WINDOW, Scanner, Snapshot};
 const ROOT_RETRY: Duration = Duration::from_secs(1);
 /// The watcher thread wakes at least this often to notice a dropped receiver.
 const CHECK_CLOSED_EVERY: Duration = Duration::from_secs(1);
+/// How long the published snapshot keeps the bytes of the files its scan
+/// read: then the channel's copy is swapped for the scanner's, which has
+/// none (issue 12: no file bytes kept after parsing). A receiver that takes
+/// it later reads what it needs again (`scan::read_again`, checked against
+/// the hash).
+const BYTES_KEPT_FOR: Duration = Duration::from_secs(2);
 /// Floor of the resync interval (0 would rescan in a loop).
 const MIN_RESYNC: Duration = Duration::from_millis(100);
 
@@ -549,12 +555,37 @@ impl Source {
     }
 
     fn run(mut self, rx: mpsc::Receiver<Msg>, tx: tokio::sync::watch::Sender<Arc<Snapshot>>) {
+        // (generation, when) of a published snapshot that holds file bytes
+        let mut strip: Option<(u64, Instant)> = {
+            let first = tx.borrow();
+            (first.stats.files_read > 0).then(|| (first.generation, Instant::now()))
+        };
         loop {
             let now = Instant::now();
+            if let Some((generation, at)) = strip
+                && now >= at + BYTES_KEPT_FOR
+            {
+                strip = None;
+                if let Some(kept) = self.scanner.last().filter(|l| l.generation == generation) {
+                    // in place, without a change notice: a receiver that
+                    // took it has its own copy
+                    tx.send_if_modified(|cur| {
+                        if cur.generation == generation {
+                            *cur = kept.clone();
+                        }
+                        false
+                    });
+                }
+            }
             if self.pacer.is_due(now) {
                 let snapshot = self.rescan();
-                if snapshot.changed && tx.send(snapshot).is_err() {
-                    break; // every receiver is gone
+                if snapshot.changed {
+                    if snapshot.stats.files_read > 0 {
+                        strip = Some((snapshot.generation, now));
+                    }
+                    if tx.send(snapshot).is_err() {
+                        break; // every receiver is gone
+                    }
                 }
                 continue;
             }

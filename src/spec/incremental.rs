@@ -91,15 +91,20 @@ pub struct FileRef<'b> {
     pub label: Cow<'b, str>,
     /// The content hash (any hash that changes with the bytes or the error).
     pub hash: [u8; 32],
-    /// The bytes, or why they could not be read.
-    pub bytes: Result<&'b [u8], &'b str>,
+    /// The bytes, or why they could not be read. `Ok(None)`: not at hand
+    /// (a snapshot holds only the bytes its own scan read): read again from
+    /// `path` if the file must be validated, and used only if they still
+    /// have `hash`.
+    pub bytes: Result<Option<&'b [u8]>, &'b str>,
+    /// Where to read them again.
+    pub path: &'b std::path::Path,
 }
 
 /// What a file contributes, kept between updates.
 #[derive(Debug)]
 struct Entry {
-    label: String,
     hash: [u8; 32],
+    /// Its `file` is the file's label (how findings name it).
     load: FileLoad,
     has_errors: bool,
     /// The earliest `at` / `until` of its specs still in the future when
@@ -112,8 +117,9 @@ struct Entry {
 /// Which files claim a name, in file order.
 #[derive(Debug, Default)]
 struct Claims {
-    /// Files with valid specs of this name, with how many.
-    valid: BTreeMap<String, usize>,
+    /// Files with valid specs of this name, with how many, sorted by file
+    /// (almost always one: a vector, where a map took a 360-byte node).
+    valid: Vec<(String, usize)>,
     /// Files with an invalid document of this name.
     invalid: BTreeSet<String>,
     /// The files whose specs were counted as duplicates of it, with how many.
@@ -228,7 +234,9 @@ impl IncrementalSet {
                 removed.push(rel.clone());
             }
             let same = match old.next_if(|(rel, _)| rel.as_str() == f.rel) {
-                Some((rel, e)) => e.hash == f.hash && e.label == *f.label && !stale.contains(rel),
+                Some((rel, e)) => {
+                    e.hash == f.hash && e.load.file == *f.label && !stale.contains(rel)
+                }
                 None => false,
             };
             if !same {
@@ -295,24 +303,41 @@ impl IncrementalSet {
         for rel in &removed {
             self.remove(rel, &mut touched);
         }
-        let meta: Vec<(String, String, [u8; 32])> = to_load
+        let meta: Vec<(String, [u8; 32])> = to_load
             .iter()
-            .map(|f| (f.rel.to_string(), f.label.to_string(), f.hash))
+            .map(|f| (f.rel.to_string(), f.hash))
+            .collect();
+        // the bytes no snapshot holds any more (a file validated again
+        // without a change: the context changed, its findings expired, it
+        // has errors), read again
+        let again: Vec<Option<Result<Arc<[u8]>, String>>> = to_load
+            .iter()
+            .map(|f| {
+                matches!(f.bytes, Ok(None))
+                    .then(|| crate::source::scan::read_again(f.path, &f.hash))
+            })
             .collect();
         let loads = load_many(
             to_load
                 .into_iter()
-                .map(|f| Input {
+                .zip(&again)
+                .map(|(f, again)| Input {
                     label: f.label.into_owned(),
                     rel: f.rel.to_string(),
-                    bytes: f.bytes.map_err(str::to_string),
+                    bytes: match (f.bytes, again) {
+                        (Ok(Some(b)), _) => Ok(b),
+                        (Ok(None), Some(Ok(b))) => Ok(&b[..]),
+                        (Ok(None), Some(Err(e))) => Err(e.clone()),
+                        (Err(e), _) => Err(e.to_string()),
+                        (Ok(None), None) => Err("not read".to_string()), // read above
+                    },
                 })
                 .collect(),
             ctx,
         );
-        for ((rel, label, hash), load) in meta.into_iter().zip(loads) {
+        for ((rel, hash), load) in meta.into_iter().zip(loads) {
             self.remove(&rel, &mut touched);
-            self.insert(rel, label, hash, load, ctx.now, &mut touched);
+            self.insert(rel, hash, load, ctx.now, &mut touched);
         }
         let names_resolved = touched.len();
         for name in &touched {
@@ -334,12 +359,12 @@ impl IncrementalSet {
         if let Some(t) = e.expires {
             self.expiries.remove(&(t, rel.to_string()));
         }
-        self.own_diags.remove(&e.label);
+        self.own_diags.remove(&e.load.file);
         self.errors.remove(rel);
-        self.set.invalid_files.remove(&e.label);
+        self.set.invalid_files.remove(&e.load.file);
         for s in &e.load.specs {
             if let Some(c) = self.claims.get_mut(&s.name) {
-                c.valid.remove(rel);
+                c.valid.retain(|(r, _)| r != rel);
                 c.dup_files.remove(rel);
             }
             touched.insert(s.name.clone());
@@ -355,20 +380,17 @@ impl IncrementalSet {
     fn insert(
         &mut self,
         rel: String,
-        label: String,
         hash: [u8; 32],
         load: FileLoad,
         now: Timestamp,
         touched: &mut BTreeSet<String>,
     ) {
         for s in &load.specs {
-            *self
-                .claims
-                .entry(s.name.clone())
-                .or_default()
-                .valid
-                .entry(rel.clone())
-                .or_default() += 1;
+            let valid = &mut self.claims.entry(s.name.clone()).or_default().valid;
+            match valid.binary_search_by(|(r, _)| r.as_str().cmp(&rel)) {
+                Ok(i) => valid[i].1 += 1,
+                Err(i) => valid.insert(i, (rel.clone(), 1)),
+            }
             touched.insert(s.name.clone());
         }
         for n in &load.invalid_names {
@@ -381,12 +403,12 @@ impl IncrementalSet {
         }
         let has_errors = load.has_errors();
         if has_errors {
-            self.set.invalid_files.insert(label.clone());
+            self.set.invalid_files.insert(load.file.clone());
             self.errors.insert(rel.clone());
         }
         if !load.diagnostics.is_empty() {
             self.own_diags
-                .insert(label.clone(), load.diagnostics.clone());
+                .insert(load.file.clone(), load.diagnostics.clone());
         }
         let expires = expiry(&load, now);
         if let Some(t) = expires {
@@ -395,7 +417,6 @@ impl IncrementalSet {
         self.entries.insert(
             rel,
             Entry {
-                label,
                 hash,
                 load,
                 has_errors,
@@ -419,7 +440,7 @@ impl IncrementalSet {
             if let Some(e) = self.entries.get_mut(&rel) {
                 e.dup_specs -= n;
                 if e.dup_specs == 0 && !e.has_errors {
-                    self.set.invalid_files.remove(&e.label);
+                    self.set.invalid_files.remove(&e.load.file);
                 }
             }
         }
@@ -430,8 +451,8 @@ impl IncrementalSet {
         }
         let specs: Vec<&Arc<Spec>> = claims
             .valid
-            .keys()
-            .filter_map(|rel| self.entries.get(rel))
+            .iter()
+            .filter_map(|(rel, _)| self.entries.get(rel))
             .flat_map(|e| e.load.specs.iter().filter(|s| s.name == name))
             .collect();
         if specs.len() == 1 && claims.invalid.is_empty() {
@@ -451,7 +472,7 @@ impl IncrementalSet {
             .invalid
             .iter()
             .filter_map(|rel| self.entries.get(rel))
-            .map(|e| format!("{}, which has errors", e.label))
+            .map(|e| format!("{}, which has errors", e.load.file))
             .collect();
         let mut diags = Vec::with_capacity(specs.len());
         for (s, own) in specs.iter().zip(&places) {
@@ -472,7 +493,7 @@ impl IncrementalSet {
         for (rel, n) in &dup {
             if let Some(e) = self.entries.get_mut(rel) {
                 e.dup_specs += n;
-                self.set.invalid_files.insert(e.label.clone());
+                self.set.invalid_files.insert(e.load.file.clone());
             }
         }
         if let Some(c) = self.claims.get_mut(name) {
