@@ -350,6 +350,71 @@ fn renames_are_recorded_and_followed_back() {
     assert!(l.known_specs().unwrap().is_empty());
 }
 
+/// The daemon saves the identity step's memory in the decision's first
+/// batch: with the runs it inserts, in one commit.
+#[test]
+fn the_known_specs_are_saved_in_a_batch_with_the_runs() {
+    use calld::ledger::{Write, Written};
+    let mut l = SqliteLedger::open_in_memory().unwrap();
+    let known = |rev: &str| -> BTreeMap<String, Known> {
+        [(
+            "n".to_string(),
+            Known {
+                revision: rev.into(),
+                file: "/calls/n.yaml".into(),
+            },
+        )]
+        .into()
+    };
+    let insert = Write::Insert(NewRun {
+        key: RunKey::revision("n", "r1"),
+        revision: "r1".into(),
+        due: now(),
+        tenant_id: None,
+    });
+    let out = l
+        .write_batch(
+            &[
+                Write::Known {
+                    before: BTreeMap::new(),
+                    after: known("r1"),
+                },
+                insert,
+            ],
+            now(),
+        )
+        .unwrap();
+    assert!(matches!(out[0], Ok(Written::Known)), "{out:?}");
+    assert!(matches!(&out[1], Ok(Written::Inserted(i)) if i.created));
+    assert_eq!(l.known_specs().unwrap(), known("r1"));
+    assert!(
+        l.run_by_key(&RunKey::revision("n", "r1"))
+            .unwrap()
+            .is_some()
+    );
+    // a change, then the name gone
+    let out = l
+        .write_batch(
+            &[Write::Known {
+                before: known("r1"),
+                after: known("r2"),
+            }],
+            now(),
+        )
+        .unwrap();
+    assert!(matches!(&out[..], [Ok(Written::Known)]), "{out:?}");
+    assert_eq!(l.known_specs().unwrap(), known("r2"));
+    l.write_batch(
+        &[Write::Known {
+            before: known("r2"),
+            after: BTreeMap::new(),
+        }],
+        now(),
+    )
+    .unwrap();
+    assert!(l.known_specs().unwrap().is_empty());
+}
+
 #[test]
 fn names_from_paths_obey_the_rule_and_nfc() {
     let bad = load(&[("line\nbreak.yaml", &spec_text("x"))]);

@@ -25,10 +25,16 @@ use crate::spec::Spec;
 
 use super::{Controller, CreateDone, log_outcome, with_attempt_error, with_ledger};
 
+/// The most ledger writes in one batch. The first decision at 100,000
+/// specs inserts 100,000 runs: in one batch, its writes, their answers and
+/// the WAL of one huge transaction were all held at once (slices of this
+/// size cost a commit each, a few milliseconds against seconds of inserts).
+const MAX_BATCH_WRITES: usize = 4096;
+
 impl Controller {
     /// Applies a decision's actions in their order, in as few batches as
-    /// that order allows: a run of ledger actions and the placements that
-    /// follow it are ONE batch (the writes first, then the `requesting`
+    /// that order allows ([`MAX_BATCH_WRITES`] writes at most): a run of
+    /// ledger actions and the placements that follow it are ONE batch (the writes first, then the `requesting`
     /// marks; the requests leave once it is committed), unless a placement
     /// is of a run that those writes insert (its id comes from that
     /// insert: it goes in the next batch). Returns the runs this decision
@@ -47,7 +53,7 @@ impl Controller {
                     places.push((id, key));
                 }
                 other => {
-                    if !places.is_empty() {
+                    if !places.is_empty() || writes.len() >= MAX_BATCH_WRITES {
                         let (w, p) = (std::mem::take(&mut writes), std::mem::take(&mut places));
                         self.flush(w, p, &mut inserted).await;
                     }
@@ -61,7 +67,27 @@ impl Controller {
         if !self.created.is_empty() {
             self.flush_created().await;
         }
+        self.save_pending_known().await;
         inserted
+    }
+
+    /// Writes the identity step's save of the known specs in a commit of
+    /// its own, when no batch took it.
+    pub(crate) async fn save_pending_known(&mut self) {
+        let Some(known) = self.pending_known.take() else {
+            return;
+        };
+        let now = crate::clock::now();
+        let res = with_ledger(&self.rt.ledger, move |l| {
+            l.write_batch(std::slice::from_ref(&known), now)
+        })
+        .await;
+        if let Some(e) = match res {
+            Ok(mut r) => r.pop().and_then(Result::err),
+            Err(e) => Some(e),
+        } {
+            tracing::warn!(error = %e, "cannot save the known specs");
+        }
     }
 
     /// One batch: the create answers at hand, the ledger actions, then the
@@ -85,6 +111,10 @@ impl Controller {
         let acts = actions.clone();
         let stored = self.stored_promises.clone();
         let (done, mut batch) = self.take_created();
+        // the identity step's save goes right after the create records
+        let known = self.pending_known.take();
+        let with_known = known.is_some();
+        batch.extend(known);
         let (n_rec, n_act) = (batch.len(), acts.len());
         // The run rows say `requesting` on disk before any request leaves,
         // each with its call's promise (its hangupAfter as placed) and, on a
@@ -109,12 +139,18 @@ impl Controller {
         })
         .await;
         match res {
-            Ok((recorded, writes, own, marked)) => {
+            Ok((mut recorded, writes, own, marked)) => {
+                if with_known && let Some(Err(e)) = recorded.pop() {
+                    tracing::warn!(error = %e, "cannot save the known specs");
+                }
                 self.created_recorded(done, Ok(recorded));
                 self.writes_done(actions, writes, own, inserted, now);
                 self.marks_done(chosen, marked, now);
             }
             Err(e) => {
+                if with_known {
+                    tracing::warn!(error = %e, "cannot save the known specs");
+                }
                 self.created_recorded(done, Err(e.to_string()));
                 if !actions.is_empty() {
                     tracing::warn!(error = %e, count = actions.len(), "cannot record the decision's ledger writes; the next decision tries again");

@@ -169,11 +169,12 @@ impl Controller {
                 .iter()
                 .filter_map(|(n, k)| k.clone().map(|k| (n.clone(), k)))
                 .collect();
-            if let Err(e) =
-                with_ledger(&self.rt.ledger, move |l| l.save_known(&before, &after)).await
-            {
-                tracing::warn!(error = %e, "cannot save the known specs");
-            }
+            // saved in the decision's first batch, with the runs it inserts
+            // (one commit for a new spec's memory and its first run); a
+            // step's save still waiting (its decision wrote nothing since)
+            // is written first
+            self.save_pending_known().await;
+            self.pending_known = Some(crate::ledger::Write::Known { before, after });
         }
         let mut tracked = tracked;
         if self.dir_known {

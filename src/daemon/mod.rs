@@ -158,6 +158,9 @@ pub(crate) struct Controller {
     last_held: BTreeSet<String>,
     /// The spec report's bookkeeping (report.rs).
     report: report::ReportState,
+    /// The identity step's save of the known specs, for the decision's
+    /// first batch ([`crate::ledger::Write::Known`]).
+    pending_known: Option<ledger::Write>,
     last_status: String,
     /// Findings already logged, so each is logged once per file revision.
     load_log: logs::LoadLog,
@@ -220,6 +223,7 @@ impl Controller {
             globals_key: None,
             last_held: BTreeSet::new(),
             report: report::ReportState::default(),
+            pending_known: None,
             last_status: String::new(),
             load_log: logs::LoadLog::default(),
             deferred: false,

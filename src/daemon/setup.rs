@@ -581,6 +581,7 @@ async fn run_async(
         controller.on_event(ev).await;
     }
     controller.flush_created().await;
+    controller.save_pending_known().await;
     let drain_until = tokio::time::Instant::now() + Duration::from_secs(10);
     while !controller.in_flight.is_empty() && tokio::time::Instant::now() < drain_until {
         match tokio::time::timeout_at(drain_until, events_rx.recv()).await {

@@ -72,6 +72,14 @@ pub enum Write {
         steps: Vec<CreateStep>,
         end: CreateEnd,
     },
+    /// [`Ledger::save_known`](super::Ledger::save_known): the identity
+    /// step's memory of the specs it saw, in the same commit as the runs
+    /// the decision that follows it inserts (one fsync for a new spec's
+    /// memory and its first run).
+    Known {
+        before: BTreeMap<String, crate::identity::Known>,
+        after: BTreeMap<String, crate::identity::Known>,
+    },
 }
 
 /// What one [`Write`] did, in the same position of the answer.
@@ -86,6 +94,7 @@ pub enum Written {
     Requesting(u32),
     CallOp,
     Created(CreateRecorded),
+    Known,
 }
 
 /// Everything a decision reads about the runs that are not finished, read

@@ -226,6 +226,34 @@ fn next_attempt(
 
 // ---------------------------------------------------------------- writes
 
+/// [`PgLedger::save_known`] inside a transaction (also a
+/// [`Write::Known`] of a batch): this replica's known specs, only what
+/// changed from `before`.
+pub(super) fn save_known_in(
+    c: &mut impl Q,
+    me: &str,
+    before: &BTreeMap<String, Known>,
+    after: &BTreeMap<String, Known>,
+) -> Result<()> {
+    for name in before.keys().filter(|n| !after.contains_key(*n)) {
+        c.execute(
+            "DELETE FROM spec_known WHERE replica = $1 AND name = $2",
+            &[&me, name],
+        )?;
+    }
+    for (name, k) in after {
+        if before.get(name) != Some(k) {
+            c.execute(
+                "INSERT INTO spec_known (replica, name, revision, file) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (replica, name) \
+                 DO UPDATE SET revision = excluded.revision, file = excluded.file",
+                &[&me, name, &k.revision, &k.file],
+            )?;
+        }
+    }
+    Ok(())
+}
+
 pub(super) fn insert_run_in(c: &mut impl Q, new: &NewRun, now: Timestamp) -> Result<Inserted> {
     let slot = new.key.slot.normalized();
     let slot_text = slot.key_text();
@@ -1134,25 +1162,7 @@ impl PgLedger {
         after: &BTreeMap<String, Known>,
     ) -> Result<()> {
         let me = self.replica_id.clone();
-        self.write(|tx| {
-            for name in before.keys().filter(|n| !after.contains_key(*n)) {
-                tx.execute(
-                    "DELETE FROM spec_known WHERE replica = $1 AND name = $2",
-                    &[&me, name],
-                )?;
-            }
-            for (name, k) in after {
-                if before.get(name) != Some(k) {
-                    tx.execute(
-                        "INSERT INTO spec_known (replica, name, revision, file) \
-                         VALUES ($1, $2, $3, $4) ON CONFLICT (replica, name) \
-                         DO UPDATE SET revision = excluded.revision, file = excluded.file",
-                        &[&me, name, &k.revision, &k.file],
-                    )?;
-                }
-            }
-            Ok(())
-        })
+        self.write(|tx| save_known_in(tx, &me, before, after))
     }
 
     pub(super) fn write_batch_impl(&mut self, batch: &[Write], now: Timestamp) -> BatchResult {
@@ -1214,6 +1224,10 @@ impl PgLedger {
                         steps,
                         end,
                     } => Written::Created(record_create_in(&mut sp, id, *first, steps, end, now)?),
+                    Write::Known { before, after } => {
+                        save_known_in(&mut sp, me.replica, before, after)?;
+                        Written::Known
+                    }
                 })
             })();
             match &result {

@@ -432,6 +432,22 @@ fn identity_memory_is_per_replica_and_db_now_is_the_servers_clock() {
     a.save_known(&Default::default(), &known("r1")).unwrap();
     assert_eq!(a.known_specs().unwrap(), known("r1"));
     assert!(b.known_specs().unwrap().is_empty());
+    // the same save as a write of a batch (the daemon's first batch)
+    let out = a
+        .write_batch(
+            &[crate::ledger::Write::Known {
+                before: known("r1"),
+                after: known("r2"),
+            }],
+            now(),
+        )
+        .unwrap();
+    assert!(
+        matches!(&out[..], [Ok(crate::ledger::Written::Known)]),
+        "{out:?}"
+    );
+    assert_eq!(a.known_specs().unwrap(), known("r2"));
+    assert!(b.known_specs().unwrap().is_empty());
     let before = now();
     let db = a.db_now().unwrap().unwrap();
     let after = now();

@@ -18,6 +18,9 @@ impl SqliteLedger {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
+        if batch.iter().any(|w| matches!(w, Write::Known { .. })) {
+            self.identity_tables()?;
+        }
         let mut tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -61,6 +64,10 @@ impl SqliteLedger {
                         steps,
                         end,
                     } => Written::Created(record_create_in(&sp, id, *first, steps, end, now)?),
+                    Write::Known { before, after } => {
+                        super::identity::save_known_in(&sp, before, after)?;
+                        Written::Known
+                    }
                 })
             })();
             if result.is_ok() {
@@ -363,6 +370,7 @@ mod tests {
                 steps,
                 end,
             } => l.record_create(id, *first, steps, end, now).map(drop),
+            Write::Known { before, after } => l.save_known(before, after),
         };
         r.map_err(|e| e.to_string())
     }

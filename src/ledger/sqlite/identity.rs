@@ -43,7 +43,7 @@ pub struct RenameRecord {
 }
 
 impl SqliteLedger {
-    fn identity_tables(&self) -> Result<()> {
+    pub(super) fn identity_tables(&self) -> Result<()> {
         if !self.read_only {
             self.conn.execute_batch(TABLES)?;
         }
@@ -171,19 +171,28 @@ impl SqliteLedger {
         after: &BTreeMap<String, Known>,
     ) -> Result<()> {
         self.identity_tables()?;
-        self.write(|tx| {
-            for name in before.keys().filter(|n| !after.contains_key(*n)) {
-                exec(tx, "DELETE FROM spec_known WHERE name = ?1", params![name])?;
-            }
-            for (name, k) in after {
-                if before.get(name) != Some(k) {
-                    exec(tx,
-                        "INSERT OR REPLACE INTO spec_known (name, revision, file) VALUES (?1, ?2, ?3)",
-                        params![name, k.revision, k.file],
-                    )?;
-                }
-            }
-            Ok(())
-        })
+        self.write(|tx| save_known_in(tx, before, after))
     }
+}
+
+/// [`SqliteLedger::save_known`] inside a transaction (also a
+/// [`Write::Known`](crate::ledger::Write::Known) of a batch).
+pub(super) fn save_known_in(
+    tx: &rusqlite::Connection,
+    before: &BTreeMap<String, Known>,
+    after: &BTreeMap<String, Known>,
+) -> Result<()> {
+    for name in before.keys().filter(|n| !after.contains_key(*n)) {
+        exec(tx, "DELETE FROM spec_known WHERE name = ?1", params![name])?;
+    }
+    for (name, k) in after {
+        if before.get(name) != Some(k) {
+            exec(
+                tx,
+                "INSERT OR REPLACE INTO spec_known (name, revision, file) VALUES (?1, ?2, ?3)",
+                params![name, k.revision, k.file],
+            )?;
+        }
+    }
+    Ok(())
 }
