@@ -489,6 +489,30 @@ async fn a_big_file_and_an_unreadable_file_are_reported_beside_the_others() {
     assert_eq!(text(&s, "ok.yaml").as_deref(), Some("ok: 1\n"));
 }
 
+/// No file bytes are kept after parsing: the published snapshot holds the
+/// bytes its scan read for a receiver to take; a few seconds later the
+/// channel's copy has the hashes only.
+#[tokio::test]
+async fn the_published_snapshot_lets_go_of_its_bytes() {
+    let (_tmp, dir) = calls_dir();
+    write(&dir, "a.yaml", "a: 1\n");
+    let (_g, rx) = start(&dir, opts());
+    let first = rx.borrow().clone();
+    assert_eq!(text(&first, "a.yaml").as_deref(), Some("a: 1\n"));
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while rx.borrow().files["a.yaml"].content != Ok(None) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the channel still holds the bytes"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let now = rx.borrow().clone();
+    assert!(has(&now, "a.yaml", "a: 1\n"), "the hash stays");
+    assert!(!rx.has_changed().unwrap(), "no change notice for it");
+}
+
 #[tokio::test]
 async fn the_calls_directory_removed_and_recreated() {
     let (tmp, dir) = calls_dir();

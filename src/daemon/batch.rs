@@ -34,8 +34,9 @@ const MAX_BATCH_WRITES: usize = 4096;
 impl Controller {
     /// Applies a decision's actions in their order, in as few batches as
     /// that order allows ([`MAX_BATCH_WRITES`] writes at most): a run of
-    /// ledger actions and the placements that follow it are ONE batch (the writes first, then the `requesting`
-    /// marks; the requests leave once it is committed), unless a placement
+    /// ledger actions and the placements that follow it are ONE batch (the
+    /// writes first, then the `requesting` marks; the requests leave once
+    /// it is committed), unless a placement
     /// is of a run that those writes insert (its id comes from that
     /// insert: it goes in the next batch). Returns the runs this decision
     /// inserted, by key.
