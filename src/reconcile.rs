@@ -254,17 +254,28 @@ pub fn reconcile_with_wakes(input: &Input<'_>) -> (Decision, BTreeMap<String, Ti
     // what the scheduled runs of the same spec may do.
     let mut up: BTreeMap<&str, Vec<&Run>> = BTreeMap::new();
     let mut pending: BTreeMap<&str, Vec<Pending>> = BTreeMap::new();
+    // (a spec has one pending run as a rule: a vector of exactly one, where
+    // a first push reserved four, ~1 KB a run in a full decision)
+    fn add<'r>(pending: &mut BTreeMap<&'r str, Vec<Pending>>, spec: &'r str, p: Pending) {
+        match pending.entry(spec) {
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(vec![p]);
+            }
+            std::collections::btree_map::Entry::Occupied(mut e) => e.get_mut().push(p),
+        }
+    }
     for run in input.runs {
         d.cur = Some(run.spec.as_str());
         match run.state {
-            RunState::Scheduled => pending
-                .entry(run.spec.as_str())
-                .or_default()
-                .push(Pending::existing(run, input.progress.get(&run.id))),
+            RunState::Scheduled => add(
+                &mut pending,
+                run.spec.as_str(),
+                Pending::existing(run, input.progress.get(&run.id)),
+            ),
             RunState::Finished => {}
             _ => {
                 if let Some(p) = d.follow_call(run, &mut up) {
-                    pending.entry(run.spec.as_str()).or_default().push(p);
+                    add(&mut pending, run.spec.as_str(), p);
                 }
             }
         }
