@@ -133,6 +133,36 @@ mod tests {
     }
 
     #[test]
+    fn numbers_come_back_exactly() {
+        // serde_json's `float_roundtrip`: the text holds the shortest form
+        // of each float, and parsing it gives the same bits back
+        for x in [
+            0.1f64,
+            1.0 / 3.0,
+            2.2250738585072014e-308,
+            5e-324,
+            1.7976931348623157e308,
+            9007199254740993.0,
+            0.30000000000000004,
+            123456.78901234567,
+            // parsed one bit off without `float_roundtrip`
+            1.0715660391465826e-75,
+            -1.81996730402717e-179,
+            -1.603964615428183e+143,
+            -9.643915712060552e-234,
+        ] {
+            let o = obj(json!({ "x": x, "n": -7, "big": 18446744073709551615u64 }));
+            assert_eq!(
+                o.get("x").and_then(|v| v.as_f64()).map(f64::to_bits),
+                Some(x.to_bits()),
+                "{x}"
+            );
+            assert_eq!(o.get("n"), Some(json!(-7)));
+            assert_eq!(o.get("big"), Some(json!(18446744073709551615u64)));
+        }
+    }
+
+    #[test]
     fn equal_objects_share_one_text() {
         let a = obj(json!({"applicationInstance": {"id": "3d91", "displayName": "bot"}}));
         let b = obj(json!({"applicationInstance": {"id": "3d91", "displayName": "bot"}}));
